@@ -1,0 +1,269 @@
+"""Run configuration: frozen dataclasses, YAML presets, `key.sub=value` overrides, validation.
+
+Config flows one way: preset YAML -> CLI overrides -> `Config` (validated once) -> flat dict for
+Ray's `train_loop_config`, Tune's `param_space` and MLflow params -> `Config` again in each
+worker. Nothing mutates a `Config` after validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_PRESET = "fashion_mnist_simclr"
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the key, the value and the fix."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "fashion_mnist"  # fashion_mnist | cifar10 | cifar100 | stl10 | imagefolder | synthetic
+    root: str = ""  # raw dataset folder; "" = the dataset's usual place (Debian package for FMNIST)
+    beton_dir: str = "data"  # where prepared .beton files live (shared storage on a cluster)
+    split: str = "train"  # split used for pre-training
+    resolution: int = 28  # output side of each view, in pixels
+    views: int = 2  # augmented views per image (2 for SimCLR)
+    preset: str = "auto"  # view-augmentation preset; auto picks from resolution and channels
+    crop_scale_min: float = 0.2  # RandomResizedCrop lower scale (SimCLR: 0.08 for large images)
+    jitter: float = 0.4  # brightness/contrast strength for grey images
+    jitter_p: float = 0.8  # probability of applying jitter per image (SimCLR Appendix A)
+    loader: str = "ffcv"  # ffcv | torchvision (fallback where FFCV cannot build)
+    loader_workers: int = 1  # data threads per training worker; follows Ray's CPUs when 0
+    max_images: int = 0  # use only the first N training images (0 = all); for tests and demos
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "small_cnn"  # small_cnn (CPU) | resnet18 | resnet50 (GPU presets)
+    width: int = 32  # small_cnn: channels of the first conv, doubled per stage
+    cifar_stem: bool = True  # resnet: 3x3 stride-1 stem and no max-pool, for 32 px images
+    proj_hidden: int = 512  # projection MLP hidden width (SimCLR: 2-layer MLP)
+    proj_dim: int = 128  # embedding size fed to the loss (SimCLR: 128)
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    name: str = "simclr"  # simclr | supcon | supervised (more in distcl.models.methods)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    name: str = "ntxent"  # ntxent | supcon | contrastive | triplet | npair | logistic
+    temperature: float = 0.2  # softmax temperature for ntxent/supcon (SimCLR Table 5: 0.1-0.5)
+    margin: float = 0.2  # triplet margin
+    pos_margin: float = 0.0  # contrastive: positives are pulled until closer than this
+    neg_margin: float = 0.5  # contrastive: negatives are pushed until farther than this
+    distance: str = "cosine"  # cosine | euclidean (contrastive, triplet)
+    mining: str = "batch_hard"  # triplet mining: batch_all | batch_hard | semi_hard
+    l2_reg: float = 0.002  # npair: L2 penalty on embeddings (Sohn 2016)
+    sigmoid_t_init: float = 10.0  # logistic: initial temperature t' (SigLIP: log t = log 10)
+    sigmoid_b_init: float = -10.0  # logistic: initial bias (SigLIP: -10)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "adamw"  # adamw | sgd | lars
+    lr: float = 2e-3  # base learning rate, before scaling by global batch
+    lr_scaling: str = "none"  # none | linear (lr x B/256) | sqrt (lr x sqrt(B))
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # sgd / lars
+    trust_coefficient: float = 0.001  # LARS eta (You et al. 2017)
+    warmup_epochs: float = 1.0  # linear warmup length, in epochs
+    final_lr: float = 0.0  # cosine decay floor
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    global_batch: int = 512  # images per optimizer step across all workers
+    chunk_size: int = 0  # gradient-caching chunk per worker (0 = no caching)
+    num_workers: int = 2  # Ray Train workers (DDP ranks)
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_SPREAD | STRICT_PACK
+    seed: int = 0
+    storage_path: str = "runs"  # Ray Train checkpoints and results (path or s3:// / gs:// URI)
+    run_name: str = ""  # "" = derived from method, loss and batch
+    max_failures: int = 0  # worker-group restarts before the run fails
+    keep_checkpoints: int = 2  # keep the last K checkpoints
+    precision: str = "auto"  # auto (bf16 where supported) | bf16 | fp32
+    channels_last: bool = True  # channels_last memory format for conv nets
+    sync_bn: bool = False  # SyncBatchNorm across workers (SimCLR's global BN)
+    skip_nonfinite: int = 0  # tolerate up to K non-finite loss steps before failing
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    knn_k: int = 20  # neighbours for the kNN monitor (cosine similarity)
+    knn_every: int = 5  # run the kNN monitor every N epochs (0 = only at the end)
+    knn_train_images: int = 10000  # training images used as the kNN bank during training
+    probe: bool = True  # linear probe on frozen features at the end
+    baselines: bool = True  # raw-pixel baselines on the same split
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    uri: str = "sqlite:///mlflow.db"  # MLflow tracking URI (env MLFLOW_TRACKING_URI overrides "")
+    experiment: str = ""  # "" = one experiment per dataset: distcl-<dataset>
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_flat(self) -> dict[str, Any]:
+        """`{"section.key": value}` for Ray, Tune and MLflow params."""
+        return {
+            f"{s.name}.{f.name}": getattr(getattr(self, s.name), f.name)
+            for s in dataclasses.fields(self)
+            for f in dataclasses.fields(getattr(self, s.name))
+        }
+
+    def to_nested(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_nested(), sort_keys=False)
+
+    @property
+    def run_name(self) -> str:
+        if self.train.run_name:
+            return self.train.run_name
+        return f"{self.method.name}-{self.loss.name}-b{self.train.global_batch}"
+
+
+def _section_types() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+
+
+def _valid_keys() -> list[str]:
+    return list(Config().to_flat())
+
+
+def _coerce(key: str, raw: Any, typ: type) -> Any:
+    """Turn a YAML or command-line value into the field's type, or raise ConfigError."""
+    if isinstance(raw, str) and typ is not str:
+        raw = yaml.safe_load(raw) if raw.strip() else raw
+    try:
+        if typ is bool:
+            if isinstance(raw, bool):
+                return raw
+            raise TypeError
+        if typ is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise TypeError
+            return int(raw)
+        if typ is float:
+            if isinstance(raw, bool):
+                raise TypeError
+            return float(raw)
+        if typ is str:
+            return "" if raw is None else str(raw)
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(f"{key} must be a {typ.__name__}, got {raw!r}")
+
+
+def _suggest(key: str) -> str:
+    near = difflib.get_close_matches(key, _valid_keys(), n=1, cutoff=0.5)
+    return f" Did you mean '{near[0]}'?" if near else ""
+
+
+def build(values: dict[str, Any]) -> Config:
+    """Build and validate a Config from a flat `{"section.key": value}` dict."""
+    sections: dict[str, dict[str, Any]] = {}
+    types = _section_types()
+    for key, raw in values.items():
+        section, _, name = key.partition(".")
+        if section not in types or not name:
+            raise ConfigError(f"unknown config key '{key}'.{_suggest(key)}")
+        field_types = typing.get_type_hints(types[section])
+        if name not in field_types:
+            raise ConfigError(f"unknown config key '{key}'.{_suggest(key)}")
+        sections.setdefault(section, {})[name] = _coerce(key, raw, field_types[name])
+    cfg = Config(**{s: types[s](**kw) for s, kw in sections.items()})
+    from distcl.validate import validate  # late import: validate imports this module
+
+    validate(cfg)
+    return cfg
+
+
+def flatten_yaml(doc: dict[str, Any]) -> dict[str, Any]:
+    """`{"train": {"epochs": 3}}` -> `{"train.epochs": 3}`; flat keys pass through."""
+    flat: dict[str, Any] = {}
+    for key, value in (doc or {}).items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                flat[f"{key}.{sub}"] = v
+        else:
+            flat[key] = value
+    return flat
+
+
+def preset_names() -> list[str]:
+    files = resources.files("distcl") / "configs"
+    return sorted(p.name.removesuffix(".yaml") for p in files.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_yaml(name_or_path: str) -> dict[str, Any]:
+    """A preset name (shipped in distcl/configs) or a path to a YAML file, as a flat dict."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {name_or_path} does not exist")
+        text = path.read_text()
+    else:
+        res = resources.files("distcl") / "configs" / f"{name_or_path}.yaml"
+        if not res.is_file():
+            raise ConfigError(
+                f"unknown preset '{name_or_path}'; presets: {', '.join(preset_names())}"
+                " (or pass a path to a .yaml file)"
+            )
+        text = res.read_text()
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {name_or_path} is not valid YAML: {exc}") from None
+    if doc is not None and not isinstance(doc, dict):
+        raise ConfigError(f"config {name_or_path} must be a mapping of sections, got {type(doc)}")
+    return flatten_yaml(doc)
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' must look like key.sub=value, e.g. train.epochs=5")
+        out[key.strip()] = value
+    return out
+
+
+def load(preset: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Preset (default `fashion_mnist_simclr`), then `key.sub=value` overrides, validated once."""
+    values = load_yaml(preset or DEFAULT_PRESET)
+    values.update(parse_overrides(overrides or []))
+    return build(values)
+
+
+def from_flat(flat: dict[str, Any]) -> Config:
+    """Rebuild the Config inside a Ray worker or a Tune trial."""
+    return build(flat)

@@ -1,0 +1,124 @@
+"""FFCV loaders: N augmented views of one stored image field, sharded per rank.
+
+One `.beton` field `image` feeds every view: view 0 is the field's own pipeline, views 1..N-1 are
+`PipelineSpec(source="image")` pipelines, so the image is decoded once per view but stored once.
+Batches come out as `(view0, label, view1, ...)`: stored fields first, then the extra views.
+Images leave the loader as `uint8 B x 3 x H x W` tensors; `to_float` turns them into the model's
+normalised float input on the training device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distcl.data.beton import read_meta
+from distcl.data.sources import DataError
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """How each view is augmented (per image, inside FFCV's compiled loop)."""
+
+    resolution: int
+    crop_scale_min: float = 0.2  # RandomResizedCrop scale lower bound
+    jitter: float = 0.4  # brightness and contrast magnitude
+    jitter_p: float = 0.8  # probability of each jitter per image
+    preset: str = "auto"  # a distcl.data.views preset name; auto = by resolution/channels
+
+
+def _grey_pipeline(spec: ViewSpec):
+    """Crop, flip, brightness, contrast: the calibrated recipe for 1-channel images."""
+    from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
+    from ffcv.transforms import RandomBrightness, RandomContrast, RandomHorizontalFlip
+
+    res = (spec.resolution, spec.resolution)
+    return [
+        RandomResizedCropRGBImageDecoder(res, scale=(spec.crop_scale_min, 1.0)),
+        RandomHorizontalFlip(),
+        RandomBrightness(spec.jitter, p=spec.jitter_p),
+        RandomContrast(spec.jitter, p=spec.jitter_p),
+    ]
+
+
+def view_ops(spec: ViewSpec, channels: int, n_views: int) -> list[list]:
+    """Per-view FFCV op lists (decoder first), before the tensor conversion."""
+    if spec.preset in ("auto", "simclr_grey") and channels == 1:
+        return [_grey_pipeline(spec) for _ in range(n_views)]
+    try:
+        from distcl.data.views import view_pipelines
+    except ImportError:
+        return [_grey_pipeline(spec) for _ in range(n_views)]
+    return view_pipelines(spec.preset, spec.resolution, channels, n_views=n_views)
+
+
+def _tensor_tail():
+    from ffcv.transforms import ToTensor, ToTorchImage
+
+    return [ToTensor(), ToTorchImage(channels_last=True, convert_back_int16=False)]
+
+
+def _label_pipeline():
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.transforms import Squeeze, ToTensor
+
+    return [IntDecoder(), ToTensor(), Squeeze()]
+
+
+def train_loader(path: str | Path, *, batch_size: int, views: int, spec: ViewSpec, seed: int,
+                 distributed: bool, num_workers: int, epoch: int = 0):
+    """Random-order loader of `views` augmented views; `batch_size` is per rank.
+
+    Build it inside the worker after the process group exists; every rank passes the same seed,
+    so the shards are disjoint. `epoch` sets where a resumed run continues.
+    """
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.pipeline import PipelineSpec
+
+    meta = read_meta(Path(path))
+    if spec.resolution > meta["resolution"] * 4:
+        raise DataError(
+            f"data.resolution={spec.resolution} is far above the stored images "
+            f"({meta['resolution']} px in {path}); use data.resolution<={meta['resolution']}"
+        )
+    ops = view_ops(spec, meta["channels"], views)
+    pipelines = {"image": ops[0] + _tensor_tail(), "label": _label_pipeline()}
+    for v in range(1, views):
+        pipelines[f"image_v{v + 1}"] = PipelineSpec("image", transforms=ops[v] + _tensor_tail())
+    loader = Loader(str(path), batch_size=batch_size, num_workers=num_workers,
+                    order=OrderOption.RANDOM, distributed=distributed, seed=seed,
+                    pipelines=pipelines, drop_last=True, batches_ahead=2)
+    loader.next_epoch = epoch
+    if len(loader) == 0:
+        raise DataError(
+            f"{path} has {meta['count']} images: not one batch of {batch_size} per worker. "
+            "Lower train.global_batch or use more data."
+        )
+    return loader
+
+
+def eval_loader(path: str | Path, *, batch_size: int, num_workers: int,
+                indices: np.ndarray | None = None):
+    """Sequential, un-augmented loader yielding `(image uint8 B x 3 x H x W, label)`."""
+    from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+
+    read_meta(Path(path))
+    pipelines = {"image": [SimpleRGBImageDecoder(), *_tensor_tail()], "label": _label_pipeline()}
+    return Loader(str(path), batch_size=batch_size, num_workers=num_workers,
+                  order=OrderOption.SEQUENTIAL, indices=indices, pipelines=pipelines,
+                  drop_last=False, batches_ahead=2)
+
+
+def split_batch(batch) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """`(view0, label, view1, ...)` -> (views, labels)."""
+    return [batch[0], *batch[2:]], batch[1]
+
+
+def to_float(x: torch.Tensor, channels: int, device: torch.device) -> torch.Tensor:
+    """uint8 `B x 3 x H x W` -> float `B x C x H x W` in [-1, 1] (keeps channels_last)."""
+    x = x[:, :channels].to(device, non_blocking=True)
+    return x.float().mul_(2.0 / 255.0).sub_(1.0)

@@ -1,0 +1,123 @@
+"""Raw datasets, read from local files into indexable (image, label) sources.
+
+Each source yields `uint8` images `H x W x C` and integer labels (-1 where a split has none). The
+beton writer stores every source the same way, so the loaders never see the raw formats.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FMNIST_DEBIAN_ROOT = "/usr/share/datasets/fashion-mnist"
+FMNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+class DataError(RuntimeError):
+    """Data is missing, corrupt or does not match the config; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class ArraySource:
+    """A whole split held in memory: images `N x H x W x C` uint8, labels `N` int64."""
+
+    name: str
+    split: str
+    images: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        return self.images[i], int(self.labels[i])
+
+    @property
+    def resolution(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[3])
+
+
+def _stage_fashion_mnist(root: Path, cache: Path) -> Path:
+    """Lay the idx files out as torchvision expects (`CACHE/FashionMNIST/raw/`, uncompressed).
+
+    The Debian package ships `*.gz` files in one flat folder; torchvision's `FashionMNIST` with
+    `download=False` reads only uncompressed files from `ROOT/FashionMNIST/raw/`.
+    """
+    raw = cache / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for images, labels in FMNIST_FILES.values():
+        for name in (images, labels):
+            dst = raw / name
+            if dst.exists():
+                continue
+            candidates = [root / name, root / f"{name}.gz", root / "FashionMNIST" / "raw" / name]
+            src = next((c for c in candidates if c.exists()), None)
+            if src is None:
+                raise DataError(
+                    f"Fashion-MNIST file {name}(.gz) not found in {root}. Install the Debian "
+                    "package (sudo apt-get install dataset-fashion-mnist) or pass --root DIR "
+                    "pointing at a folder with the idx files."
+                )
+            tmp = dst.with_suffix(".tmp")
+            opener = gzip.open if src.suffix == ".gz" else open
+            try:
+                with opener(src, "rb") as fin, open(tmp, "wb") as fout:
+                    shutil.copyfileobj(fin, fout)
+            except (OSError, EOFError) as exc:
+                tmp.unlink(missing_ok=True)
+                raise DataError(f"cannot read {src}: {exc}; reinstall the dataset") from None
+            tmp.rename(dst)
+    return cache
+
+
+def fashion_mnist(split: str, root: str = "", cache: str = "data/raw") -> ArraySource:
+    """Fashion-MNIST (Xiao et al. 2017): 60k train / 10k test, 28x28 grey, 10 classes."""
+    from torchvision.datasets import FashionMNIST
+
+    if split not in FMNIST_FILES:
+        raise DataError(f"Fashion-MNIST split must be train or test, got {split!r}")
+    staged = _stage_fashion_mnist(Path(root or FMNIST_DEBIAN_ROOT), Path(cache))
+    try:
+        ds = FashionMNIST(str(staged), train=split == "train", download=False)
+    except RuntimeError as exc:
+        raise DataError(f"torchvision could not read Fashion-MNIST from {staged}: {exc}") from None
+    images = ds.data.numpy()[..., None]  # N x 28 x 28 x 1
+    return ArraySource("fashion_mnist", split, images, ds.targets.numpy().astype(np.int64), 10)
+
+
+def synthetic(split: str, n: int = 512, resolution: int = 28, classes: int = 4, seed: int = 0):
+    """Class-structured random images for tests and smoke runs: each class is a blob pattern."""
+    rng = np.random.default_rng(seed + (split == "test"))
+    labels = rng.integers(0, classes, size=n)
+    yy, xx = np.mgrid[:resolution, :resolution] / resolution
+    protos = np.stack(
+        [np.sin((c + 1) * 3.0 * xx + c) * np.cos((c + 2) * 2.0 * yy) for c in range(classes)]
+    )
+    noise = rng.normal(0, 0.25, size=(n, resolution, resolution))
+    images = np.clip((protos[labels] + noise + 1.5) * 85, 0, 255).astype(np.uint8)[..., None]
+    return ArraySource("synthetic", split, images, labels.astype(np.int64), classes)
+
+
+def load_source(dataset: str, split: str, root: str = "", cache: str = "data/raw"):
+    """The raw split of `dataset` (see distcl.validate.DATASETS), as an indexable source."""
+    if dataset == "fashion_mnist":
+        return fashion_mnist(split, root, cache)
+    if dataset == "synthetic":
+        return synthetic(split)
+    try:
+        from distcl.data import sources_extra
+    except ImportError:
+        raise DataError(f"dataset {dataset!r} is not supported by this build") from None
+    return sources_extra.load_source(dataset, split, root)

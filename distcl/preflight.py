@@ -1,0 +1,56 @@
+"""Checks of the world before anything expensive starts (Ray, data loading, compilation)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from distcl.config import Config, ConfigError
+
+
+def check_storage(storage: Path) -> None:
+    """The checkpoint folder must be creatable and writable (cloud URIs are checked by Ray)."""
+    if "://" in str(storage):
+        return
+    try:
+        storage.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=storage, prefix=".write-test"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"train.storage_path={storage} is not writable ({exc.strerror}); choose a folder you "
+            "can write, e.g. train.storage_path=runs"
+        ) from None
+
+
+def check_cpus(cfg: Config) -> None:
+    """More workers than this machine's CPUs would hang waiting for resources; say so now."""
+    if os.environ.get("RAY_ADDRESS"):
+        return  # a cluster: Ray's autoscaler decides
+    cpus = os.cpu_count() or 1
+    need = cfg.train.num_workers * cfg.train.cpus_per_worker
+    if need > cpus:
+        raise ConfigError(
+            f"train.num_workers={cfg.train.num_workers} x train.cpus_per_worker="
+            f"{cfg.train.cpus_per_worker} needs {need:g} CPUs, but this machine has {cpus}; "
+            f"lower train.num_workers or set train.cpus_per_worker={cpus / cfg.train.num_workers:g}"
+        )
+    if cfg.train.use_gpu:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if cfg.train.num_workers > gpus:
+            raise ConfigError(
+                f"train.num_workers={cfg.train.num_workers} with train.use_gpu=true needs that "
+                f"many GPUs, but {gpus} are visible; lower train.num_workers"
+            )
+
+
+def preflight(cfg: Config, tracking_uri: str, storage: Path) -> None:
+    from distcl import tracking
+
+    check_cpus(cfg)
+    check_storage(storage)
+    if cfg.tracking.enabled:
+        tracking.check_reachable(tracking_uri)

@@ -1,0 +1,203 @@
+"""Training: `train_loop_per_worker` runs on every Ray Train worker; `fit` drives a whole run.
+
+The loop reads top to bottom: build the loader, the method and the optimizer, resume from Ray's
+checkpoint if there is one, then per epoch: steps, metrics, kNN monitor, checkpoint + report.
+The learning rate is a pure function of the global step, so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+
+from distcl import checkpoint, dist
+from distcl.config import Config, from_flat
+from distcl.data.loader import ViewSpec, split_batch, to_float, train_loader
+from distcl.evaluate import knn_monitor
+from distcl.models.methods import build_method
+from distcl.optim import build_optimizer, lr_at, param_groups, scaled_lr, set_lr
+from distcl.precision import autocast, bf16_supported, to_channels_last
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the message names the step, the LR and likely causes."""
+
+
+def _nonfinite_message(cfg: Config, step: int, loss: float, lr: float) -> str:
+    return (
+        f"non-finite loss {loss} at step {step} (lr {lr:.3g}). Likely causes: loss.temperature="
+        f"{cfg.loss.temperature} too low (try >= 0.1), optim.lr too high (try a 3-10x lower lr), "
+        "or bf16 overflow (try train.precision=fp32). train.skip_nonfinite=K skips up to K steps."
+    )
+
+
+def _use_bf16(cfg: Config, device: torch.device) -> bool:
+    if cfg.train.precision == "fp32":
+        return False
+    return cfg.train.precision == "bf16" or bf16_supported(device)
+
+
+def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
+    """One DDP rank of a run. `loop_cfg` = flat config + paths and dataset facts from `fit`."""
+    cfg = from_flat(loop_cfg["config"])
+    meta, rank, world = loop_cfg["meta"], dist.get_rank(), dist.get_world_size()
+    torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+    torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
+    device = ray.train.torch.get_device()
+    local_batch = cfg.train.global_batch // world
+    loader_workers = cfg.data.loader_workers or max(1, int(cfg.train.cpus_per_worker))
+
+    model = build_method(cfg, meta["channels"], meta["num_classes"])
+    model = to_channels_last(model, cfg.train.channels_last)
+    optimizer = build_optimizer(
+        cfg.optim.name, param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
+        momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
+        trust_coefficient=cfg.optim.trust_coefficient,
+    )
+    start_epoch, step = 0, 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = checkpoint.load(d)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, step = state["epoch"], state["step"]
+        checkpoint.set_rng_state(state["rng"])
+        if rank == 0:
+            print(f"distcl: resumed at epoch {start_epoch}, step {step}")
+    ddp = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
+    spec = ViewSpec(cfg.data.resolution, cfg.data.crop_scale_min, cfg.data.jitter,
+                    cfg.data.jitter_p, cfg.data.preset)
+    loader = train_loader(loop_cfg["train_path"], batch_size=local_batch, views=cfg.data.views,
+                          spec=spec, seed=cfg.train.seed, distributed=world > 1,
+                          num_workers=loader_workers, epoch=start_epoch)
+    steps_per_epoch = len(loader)
+    total_steps = steps_per_epoch * cfg.train.epochs
+    peak_lr = scaled_lr(cfg.optim.lr, cfg.train.global_batch, cfg.optim.lr_scaling)
+    warmup = min(total_steps, int(cfg.optim.warmup_epochs * steps_per_epoch))
+    use_bf16 = _use_bf16(cfg, device)
+    logger = None
+    if rank == 0 and loop_cfg.get("mlflow_run_id"):
+        from distcl.tracking import RunLogger
+
+        logger = RunLogger(loop_cfg["tracking_uri"], loop_cfg["mlflow_run_id"])
+        logger.set_tags({"worker_node_ids": ",".join(loop_cfg.get("node_ids", []))})
+    skipped = 0
+
+    for epoch in range(start_epoch, cfg.train.epochs):
+        ddp.train()
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        t_epoch, wait, n_steps = time.perf_counter(), 0.0, 0
+        t_data = time.perf_counter()
+        for batch in loader:
+            wait += time.perf_counter() - t_data
+            views, labels = split_batch(batch)
+            views = [to_float(v, meta["channels"], device) for v in views]
+            labels = labels.to(device)
+            lr = lr_at(step, peak_lr=peak_lr, warmup_steps=warmup, total_steps=total_steps,
+                       final_lr=cfg.optim.final_lr)
+            set_lr(optimizer, lr)
+            with autocast(device, use_bf16):
+                loss = ddp(views, labels)
+            # A host sync per step, needed to refuse a non-finite step before it poisons weights.
+            if not torch.isfinite(loss).item():
+                skipped += 1
+                if skipped > cfg.train.skip_nonfinite:
+                    raise NonFiniteLossError(_nonfinite_message(cfg, step, loss.item(), lr))
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                t_data = time.perf_counter()
+                continue
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach().double()
+            step += 1
+            n_steps += 1
+            t_data = time.perf_counter()
+        elapsed = time.perf_counter() - t_epoch
+        metrics = {
+            "loss": dist.all_reduce_mean_scalar(float(loss_sum) / max(1, n_steps)),
+            "lr": lr,
+            "images_per_s": world * local_batch * steps_per_epoch / elapsed,
+            "data_wait_frac": wait / elapsed,
+            "epoch_time_s": elapsed,
+            "epoch": epoch + 1,
+        }
+        every = cfg.eval.knn_every
+        if (every and (epoch + 1) % every == 0) or epoch + 1 == cfg.train.epochs:
+            metrics["knn_acc"] = knn_monitor(
+                model.encoder, loop_cfg["train_eval_path"], loop_cfg["test_path"],
+                k=cfg.eval.knn_k, channels=meta["channels"], device=device,
+                bank_size=cfg.eval.knn_train_images, use_bf16=use_bf16,
+            )
+        _report(cfg, model, optimizer, epoch, step, metrics, loop_cfg, rank)
+        if logger is not None:
+            logger.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
+            print(f"distcl: epoch {epoch + 1}/{cfg.train.epochs} " + " ".join(
+                f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"), flush=True)
+
+
+def _report(cfg, model, optimizer, epoch, step, metrics, loop_cfg, rank) -> None:
+    """Every rank reports (it is a barrier); rank 0 attaches the checkpoint."""
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch + 1,
+        "step": step,
+        "rng": checkpoint.rng_state(),
+        "seed": cfg.train.seed,
+        "mlflow_run_id": loop_cfg.get("mlflow_run_id") or "",
+        "config": {k: v for k, v in cfg.to_flat().items()},
+        "meta": loop_cfg["meta"],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint.save(tmp, state)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def run_trainer(cfg: Config, loop_cfg: dict[str, Any], storage_path: str, name: str):
+    """Build and fit the TorchTrainer; returns Ray's Result."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_cfg,
+        torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+            placement_strategy=cfg.train.placement_strategy,
+        ),
+        run_config=RunConfig(
+            name=name, storage_path=storage_path,
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+        ),
+    )
+    return trainer.fit()
+
+
+def ensure_ray(num_cpus: int | None = None) -> None:
+    """Connect to $RAY_ADDRESS when set (a cluster job), else start a local instance."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+    else:
+        # The dashboard process serves the state API that Train V2 uses to clean up placement
+        # groups; it binds to 127.0.0.1 only.
+        ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", log_to_driver=True)
