@@ -116,7 +116,11 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
                 continue
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if hasattr(model, "before_optimizer_step"):  # e.g. SwAV freezes its prototypes
+                model.before_optimizer_step(epoch)
             optimizer.step()
+            if hasattr(model, "after_optimizer_step"):  # e.g. EMA targets, prototype norms
+                model.after_optimizer_step(step, total_steps)
             loss_sum += loss.detach().double()
             step += 1
             n_steps += 1
