@@ -4,7 +4,7 @@ PY_SYS ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PKGS := pkg-config libopencv-dev libturbojpeg0-dev dataset-fashion-mnist
+APT_PKGS := pkg-config libopencv-dev libturbojpeg0-dev dataset-fashion-mnist shellcheck
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # torch/torchvision are pinned to the releases on this machine's disk (pip's cap resolves
 # torch>=2.4 to them); elsewhere pip picks what the pyproject ranges allow.
@@ -46,6 +46,7 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check distcl tests benchmarks
 	$(VENV)/bin/ruff format --check distcl tests benchmarks
+	shellcheck cluster/slurm/distcl.sbatch
 
 format: install
 	$(VENV)/bin/ruff format distcl tests benchmarks

@@ -67,3 +67,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def encoder_state(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The encoder's weights out of a full method state dict (keys `encoder.*`)."""
     return {k[len("encoder."):]: v for k, v in model_state.items() if k.startswith("encoder.")}
+
+
+def load_previous(latest: str | Path, error: Exception) -> tuple[dict[str, Any], Path]:
+    """After `latest` failed to load: the newest older sibling checkpoint that loads.
+
+    Ray names checkpoint folders `checkpoint_<timestamp>`, so name order is time order.
+    """
+    latest = Path(latest)
+    older = sorted((p for p in latest.parent.glob("checkpoint_*")
+                    if p.is_dir() and p.name < latest.name),
+                   reverse=True)
+    for candidate in older:
+        try:
+            return load(candidate), candidate
+        except CheckpointError:
+            continue
+    raise CheckpointError(f"{error}; and no older readable checkpoint in {latest.parent}")

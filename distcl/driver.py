@@ -13,19 +13,26 @@ from pathlib import Path
 from typing import Any
 
 from distcl import __version__, checkpoint, tracking
-from distcl.config import Config
+from distcl.config import Config, ConfigError
 from distcl.data import beton
+
+RUN_FILE = "distcl_run.json"  # per run directory: the MLflow run id, so a resume logs into it
 
 
 def prepare_data(cfg: Config) -> dict[str, Any]:
     """Write (or reuse) the train and test `.beton`s; returns their paths and the dataset facts."""
     d = cfg.data
-    train_path, meta, _ = beton.prepare(d.dataset, d.split, root=d.root, out=d.beton_dir,
-                                        max_images=d.max_images)
+    kw = {"root": d.root, "out": d.beton_dir, "rebuild_invalid": False}
+    train_path, meta, _ = beton.prepare(d.dataset, d.split, max_images=d.max_images, **kw)
     eval_split = "train" if d.split == "unlabeled" else d.split
-    train_eval_path, _, _ = beton.prepare(d.dataset, eval_split, root=d.root, out=d.beton_dir,
-                                          max_images=d.max_images)
-    test_path, _, _ = beton.prepare(d.dataset, "test", root=d.root, out=d.beton_dir)
+    train_eval_path, _, _ = beton.prepare(d.dataset, eval_split, max_images=d.max_images, **kw)
+    test_path, _, _ = beton.prepare(d.dataset, "test", **kw)
+    if d.resolution > meta["resolution"]:
+        raise ConfigError(
+            f"data.resolution={d.resolution} is larger than the stored images ({meta['resolution']}"
+            f" px in {train_path}); use data.resolution<={meta['resolution']}, or re-run distcl "
+            "prepare with a larger --max-resolution"
+        )
     return {
         "train_path": str(train_path.resolve()),
         "train_eval_path": str(train_eval_path.resolve()),
@@ -34,21 +41,52 @@ def prepare_data(cfg: Config) -> dict[str, Any]:
     }
 
 
-def _run_dir_name(cfg: Config, storage: Path, resume: bool) -> str:
+def _storage(path: str):
+    """(pyarrow filesystem, base path) for a local folder or an s3:// / gs:// URI, as Ray uses."""
+    import pyarrow.fs
+
+    if "://" not in path:
+        path = str(Path(path).resolve())
+    return pyarrow.fs.FileSystem.from_uri(path)
+
+
+def _run_dir_name(cfg: Config, storage: str, resume: bool) -> str:
     """A fresh directory per run; `--resume` picks the newest one of the same run name."""
+    import pyarrow.fs
+
     if resume:
-        existing = sorted(storage.glob(f"{cfg.run_name}-2*"), key=lambda p: p.stat().st_mtime)
+        fs, base = _storage(storage)
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(base, allow_not_found=True))
+        existing = sorted(i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory
+                          and i.base_name.startswith(f"{cfg.run_name}-2"))
         if existing:
-            return existing[-1].name
+            print(f"distcl: resuming {storage}/{existing[-1]} from its latest checkpoint")
+            return existing[-1]
         print(f"distcl: nothing to resume under {storage}/{cfg.run_name}-*; starting fresh")
     return f"{cfg.run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _open_tracking(cfg: Config, uri: str, run_file: Path, data: dict) -> tracking.RunLogger:
-    if run_file.exists():
-        run_id = json.loads(run_file.read_text())["mlflow_run_id"]
-        print(f"distcl: continuing MLflow run {run_id}")
-        return tracking.RunLogger(uri, run_id)
+def _read_run_file(storage: str, name: str) -> dict | None:
+    fs, base = _storage(storage)
+    try:
+        with fs.open_input_stream(f"{base}/{name}/{RUN_FILE}") as f:
+            return json.loads(f.read())
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def _write_run_file(storage: str, name: str, payload: dict) -> None:
+    fs, base = _storage(storage)
+    fs.create_dir(f"{base}/{name}", recursive=True)
+    with fs.open_output_stream(f"{base}/{name}/{RUN_FILE}") as f:
+        f.write(json.dumps(payload).encode())
+
+
+def _open_tracking(cfg: Config, uri: str, storage: str, name: str, data: dict):
+    previous = _read_run_file(storage, name)
+    if previous:
+        print(f"distcl: continuing MLflow run {previous['mlflow_run_id']}")
+        return tracking.RunLogger(uri, previous["mlflow_run_id"])
     tags = {
         "method": cfg.method.name, "loss": cfg.loss.name, "dataset": cfg.data.dataset,
         "role": "baseline" if cfg.method.name == "supervised" else "method",
@@ -57,8 +95,7 @@ def _open_tracking(cfg: Config, uri: str, run_file: Path, data: dict) -> trackin
     }
     experiment = cfg.tracking.experiment or f"distcl-{cfg.data.dataset}"
     logger = tracking.start_run(uri, experiment, cfg.run_name, cfg.to_flat(), tags, cfg.to_yaml())
-    run_file.parent.mkdir(parents=True, exist_ok=True)
-    run_file.write_text(json.dumps({"mlflow_run_id": logger.run_id, "data": data}))
+    _write_run_file(storage, name, {"mlflow_run_id": logger.run_id, "data": data})
     return logger
 
 
@@ -69,18 +106,19 @@ def fit(cfg: Config, *, resume: bool = False, summary_json: str | None = None) -
     from distcl.train import ensure_ray, run_trainer
 
     uri = tracking.resolve_uri(cfg.tracking.uri)
-    storage = Path(cfg.train.storage_path).resolve()
-    preflight(cfg, uri, storage)
+    storage = cfg.train.storage_path
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())
+    preflight(cfg, uri, Path(storage))
     data = prepare_data(cfg)
     name = _run_dir_name(cfg, storage, resume)
-    logger = _open_tracking(cfg, uri, storage / name / "distcl_run.json", data) \
-        if cfg.tracking.enabled else None
+    logger = _open_tracking(cfg, uri, storage, name, data) if cfg.tracking.enabled else None
     ensure_ray()
     loop_cfg = {"config": cfg.to_flat(), **data, "tracking_uri": uri,
                 "mlflow_run_id": logger.run_id if logger else ""}
     t0 = time.perf_counter()
     try:
-        result = run_trainer(cfg, loop_cfg, str(storage), name)
+        result = run_trainer(cfg, loop_cfg, storage, name)
     except BaseException:
         if logger:
             logger.end("FAILED")
@@ -90,7 +128,7 @@ def fit(cfg: Config, *, resume: bool = False, summary_json: str | None = None) -
         state = checkpoint.load(ckpt_dir)
     results = final_evaluation(cfg, state, data, logger)
     summary = {**results, "mlflow_run_id": logger.run_id if logger else "",
-               "train_time_s": train_s, "run_dir": str(storage / name),
+               "train_time_s": train_s, "run_dir": f"{storage}/{name}",
                "checkpoint": result.checkpoint.path}
     if logger:
         logger.log_text(json.dumps(summary, indent=1), "summary.json")

@@ -11,7 +11,7 @@ from distcl.config import Config, ConfigError
 
 def check_storage(storage: Path) -> None:
     """The checkpoint folder must be creatable and writable (cloud URIs are checked by Ray)."""
-    if "://" in str(storage):
+    if ":/" in str(storage):  # s3://, gs://: Ray validates these from every node
         return
     try:
         storage.mkdir(parents=True, exist_ok=True)
@@ -53,4 +53,7 @@ def preflight(cfg: Config, tracking_uri: str, storage: Path) -> None:
     check_cpus(cfg)
     check_storage(storage)
     if cfg.tracking.enabled:
-        tracking.check_reachable(tracking_uri)
+        try:
+            tracking.check_reachable(tracking_uri)
+        except RuntimeError as exc:
+            raise ConfigError(f"tracking.uri: {exc}") from None

@@ -7,11 +7,13 @@ The learning rate is a pure function of the global step, so a resumed run contin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
 from typing import Any
 
+import ray
 import ray.train
 import ray.train.torch
 import torch
@@ -20,9 +22,10 @@ from distcl import checkpoint, dist
 from distcl.config import Config, from_flat
 from distcl.data.loader import ViewSpec, split_batch, to_float, train_loader
 from distcl.evaluate import knn_monitor
+from distcl.gradcache import gradcache_step
 from distcl.models.methods import build_method
 from distcl.optim import build_optimizer, lr_at, param_groups, scaled_lr, set_lr
-from distcl.precision import autocast, bf16_supported, to_channels_last
+from distcl.precision import autocast, bf16_supported, maybe_sync_batchnorm, to_channels_last
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -43,6 +46,41 @@ def _use_bf16(cfg: Config, device: torch.device) -> bool:
     return cfg.train.precision == "bf16" or bf16_supported(device)
 
 
+def _resume_state(rank: int) -> dict[str, Any] | None:
+    """The newest readable checkpoint of this run, falling back past corrupt ones."""
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return None
+    try:
+        with ckpt.as_directory() as d:
+            return checkpoint.load(d)
+    except checkpoint.CheckpointError as exc:
+        state, used = checkpoint.load_previous(ckpt.path, exc)
+        if rank == 0:
+            print(f"distcl: WARNING {exc}; resuming from the previous checkpoint {used}")
+        return state
+
+
+def _worker_node_ids(device: torch.device) -> list[str]:
+    """The Ray node id of every rank, in rank order (node ids are 56 hex characters)."""
+    node = ray.get_runtime_context().get_node_id().encode().ljust(64)
+    codes = torch.tensor(list(node), dtype=torch.uint8, device=device)
+    gathered = dist.gather_no_grad(codes[None]).cpu()  # world x 64
+    return [bytes(row.tolist()).decode().strip() for row in gathered]
+
+
+def _average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
+    """All-reduce mean of gradients in one flat buffer (the gradient-caching path has no DDP)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if world == 1 or not grads:
+        return
+    flat = dist.all_reduce_sum(torch.cat([g.reshape(-1) for g in grads])) / world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
 def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     """One DDP rank of a run. `loop_cfg` = flat config + paths and dataset facts from `fit`."""
     cfg = from_flat(loop_cfg["config"])
@@ -52,26 +90,29 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     local_batch = cfg.train.global_batch // world
     loader_workers = cfg.data.loader_workers or max(1, int(cfg.train.cpus_per_worker))
+    chunk = cfg.train.chunk_size if 0 < cfg.train.chunk_size < local_batch else 0
 
-    model = build_method(cfg, meta["channels"], meta["num_classes"])
+    model = build_method(cfg, meta["channels"], meta["num_classes"]).to(device)
     model = to_channels_last(model, cfg.train.channels_last)
+    model = maybe_sync_batchnorm(model, cfg.train.sync_bn)
     optimizer = build_optimizer(
         cfg.optim.name, param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
         momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
         trust_coefficient=cfg.optim.trust_coefficient,
     )
     start_epoch, step = 0, 0
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = checkpoint.load(d)
+    state = _resume_state(rank)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, step = state["epoch"], state["step"]
         checkpoint.set_rng_state(state["rng"])
         if rank == 0:
-            print(f"distcl: resumed at epoch {start_epoch}, step {step}")
-    ddp = ray.train.torch.prepare_model(model, parallel_strategy="ddp" if world > 1 else None)
+            print(f"distcl: resumed at epoch {start_epoch}, step {step}", flush=True)
+    # Gradient caching re-runs the encoder per chunk, so it averages gradients itself once per
+    # step instead of letting DDP all-reduce after every chunk.
+    ddp = model if chunk or world == 1 else ray.train.torch.prepare_model(
+        model, move_to_device=False, parallel_strategy="ddp")
     spec = ViewSpec(cfg.data.resolution, cfg.data.crop_scale_min, cfg.data.jitter,
                     cfg.data.jitter_p, cfg.data.preset)
     loader = train_loader(loop_cfg["train_path"], batch_size=local_batch, views=cfg.data.views,
@@ -82,13 +123,18 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     peak_lr = scaled_lr(cfg.optim.lr, cfg.train.global_batch, cfg.optim.lr_scaling)
     warmup = min(total_steps, int(cfg.optim.warmup_epochs * steps_per_epoch))
     use_bf16 = _use_bf16(cfg, device)
-    logger = None
-    if rank == 0 and loop_cfg.get("mlflow_run_id"):
-        from distcl.tracking import RunLogger
+    node_ids = _worker_node_ids(device)
+    logger, logged = None, set()
+    if rank == 0:
+        print(f"distcl: worker nodes: {' '.join(node_ids)}", flush=True)
+        if loop_cfg.get("mlflow_run_id"):
+            from distcl.tracking import RunLogger
 
-        logger = RunLogger(loop_cfg["tracking_uri"], loop_cfg["mlflow_run_id"])
-        logger.set_tags({"worker_node_ids": ",".join(loop_cfg.get("node_ids", []))})
-    skipped = 0
+            logger = RunLogger(loop_cfg["tracking_uri"], loop_cfg["mlflow_run_id"])
+            logger.set_tags({"worker_node_ids": ",".join(node_ids)})
+            logged = {s for s, _ in logger.metric_history("loss")}  # epochs already in MLflow
+    params = [p for p in model.parameters() if p.requires_grad]
+    skipped, lr = 0, 0.0
 
     for epoch in range(start_epoch, cfg.train.epochs):
         ddp.train()
@@ -103,19 +149,27 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
             lr = lr_at(step, peak_lr=peak_lr, warmup_steps=warmup, total_steps=total_steps,
                        final_lr=cfg.optim.final_lr)
             set_lr(optimizer, lr)
-            with autocast(device, use_bf16):
-                loss = ddp(views, labels)
+            optimizer.zero_grad(set_to_none=True)
+            if chunk:
+                loss = _gradcache_backward(model, views, labels, chunk, device, use_bf16)
+            else:
+                with autocast(device, use_bf16):
+                    loss = ddp(views, labels)
             # A host sync per step, needed to refuse a non-finite step before it poisons weights.
             if not torch.isfinite(loss).item():
                 skipped += 1
                 if skipped > cfg.train.skip_nonfinite:
                     raise NonFiniteLossError(_nonfinite_message(cfg, step, loss.item(), lr))
+                print(f"distcl: skipping non-finite step {step} ({skipped}/"
+                      f"{cfg.train.skip_nonfinite})", flush=True)
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 t_data = time.perf_counter()
                 continue
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if chunk:
+                _average_gradients(params, world)
+            else:
+                loss.backward()
             if hasattr(model, "before_optimizer_step"):  # e.g. SwAV freezes its prototypes
                 model.before_optimizer_step(epoch)
             optimizer.step()
@@ -141,11 +195,26 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
                 k=cfg.eval.knn_k, channels=meta["channels"], device=device,
                 bank_size=cfg.eval.knn_train_images, use_bf16=use_bf16,
             )
-        _report(cfg, model, optimizer, epoch, step, metrics, loop_cfg, rank)
-        if logger is not None:
+        # Log before the checkpoint is reported, and never twice: a restart may re-run an epoch
+        # whose checkpoint was not registered, but its MLflow step is already there.
+        if logger is not None and epoch + 1 not in logged:
             logger.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
+            logged.add(epoch + 1)
+        if rank == 0:
             print(f"distcl: epoch {epoch + 1}/{cfg.train.epochs} " + " ".join(
                 f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"), flush=True)
+        _report(cfg, model, optimizer, epoch, step, metrics, loop_cfg, rank)
+
+
+def _gradcache_backward(model, views, labels, chunk, device, use_bf16) -> torch.Tensor:
+    """Exact large-batch gradients in chunks (distcl.gradcache); returns the detached loss."""
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        with autocast(device, use_bf16):
+            return model.embed(x)
+
+    return gradcache_step(encode, model.loss_from_embeddings, views, labels, chunk,
+                          no_sync=contextlib.nullcontext, bn_module=model)
 
 
 def _report(cfg, model, optimizer, epoch, step, metrics, loop_cfg, rank) -> None:
@@ -169,8 +238,10 @@ def _report(cfg, model, optimizer, epoch, step, metrics, loop_cfg, rank) -> None
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def run_trainer(cfg: Config, loop_cfg: dict[str, Any], storage_path: str, name: str):
-    """Build and fit the TorchTrainer; returns Ray's Result."""
+def run_trainer(cfg: Config, loop_cfg: dict[str, Any], storage_path: str, name: str,
+                callbacks: list | None = None):
+    """Build and fit the TorchTrainer; returns Ray's Result. `callbacks` go to RunConfig
+    (a Tune trial passes `TuneReportCallback()` so ASHA sees every epoch's report)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -187,6 +258,7 @@ def run_trainer(cfg: Config, loop_cfg: dict[str, Any], storage_path: str, name: 
             name=name, storage_path=storage_path,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            callbacks=callbacks or None,
         ),
     )
     return trainer.fit()

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 DATASETS = ("fashion_mnist", "cifar10", "cifar100", "stl10", "imagefolder", "synthetic")
 ARCHS = ("small_cnn", "resnet18", "resnet50")
-METHODS = ("simclr", "supcon", "supervised")
+METHODS = ("simclr", "supcon", "supervised", "moco_v2", "moco_v3", "byol", "swav", "barlow")
 OPTIMIZERS = ("adamw", "sgd", "lars")
 LR_SCALING = ("none", "linear", "sqrt")
 LOADERS = ("ffcv", "torchvision")
@@ -115,6 +115,9 @@ def validate(cfg: Config) -> None:
                 f"{t.num_workers} x train.chunk_size={t.chunk_size}; use global_batch {lo_b} or "
                 f"{lo_b + step}, or a chunk_size that divides {per_worker}"
             )
+    if t.chunk_size and cfg.method.name not in ("simclr", "supcon"):
+        e.append(f"train.chunk_size (gradient caching) works with method.name=simclr or supcon, "
+                 f"not {cfg.method.name}; set train.chunk_size=0")
     _positive("eval.knn_k", ev.knn_k, e)
     if ev.knn_every < 0:
         e.append(f"eval.knn_every must be >= 0, got {ev.knn_every}")

@@ -55,7 +55,9 @@ def read_meta(path: Path) -> dict:
 
         n = Reader(str(path)).num_samples
     except Exception as exc:  # ffcv raises assorted errors on a bad header
-        raise DataError(f"{path} is not a readable .beton ({exc}); rebuild: {rebuild_hint(path)}")
+        raise DataError(
+            f"{path} is not a readable .beton ({exc}); rebuild: {rebuild_hint(path)}"
+        ) from None
     if n != meta.get("count"):
         raise DataError(f"{path} holds {n} images, sidecar says {meta.get('count')}; rebuild it")
     return meta
@@ -129,8 +131,13 @@ class _RGBView:
 
 
 def prepare(dataset: str, split: str, *, root: str = "", out: str = "data", force: bool = False,
-            max_images: int = 0, **write_kw) -> tuple[Path, dict, bool]:
-    """Write the `.beton` for one split unless a valid one exists. Returns (path, meta, written)."""
+            max_images: int = 0, rebuild_invalid: bool = True, **write_kw) -> tuple[Path, dict, bool]:
+    """Write the `.beton` for one split unless a valid one exists. Returns (path, meta, written).
+
+    An existing but invalid file is rewritten when `rebuild_invalid` (what `distcl prepare`
+    does), else refused with a DataError naming it (what `distcl train` does: it never
+    overwrites a file it did not just write).
+    """
     from distcl.data.sources import load_source
 
     path = beton_path(out, dataset, split, max_images)
@@ -138,6 +145,8 @@ def prepare(dataset: str, split: str, *, root: str = "", out: str = "data", forc
         try:
             return path, check_meta(path, dataset, split), False
         except DataError:
+            if path.exists() and not rebuild_invalid:
+                raise
             if path.exists():
                 print(f"distcl: {path} is not valid; rewriting it")
     source = load_source(dataset, split, root, cache=str(Path(out) / "raw"))

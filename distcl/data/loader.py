@@ -79,11 +79,6 @@ def train_loader(path: str | Path, *, batch_size: int, views: int, spec: ViewSpe
     from ffcv.pipeline import PipelineSpec
 
     meta = read_meta(Path(path))
-    if spec.resolution > meta["resolution"] * 4:
-        raise DataError(
-            f"data.resolution={spec.resolution} is far above the stored images "
-            f"({meta['resolution']} px in {path}); use data.resolution<={meta['resolution']}"
-        )
     ops = view_ops(spec, meta["channels"], views)
     pipelines = {"image": ops[0] + _tensor_tail(), "label": _label_pipeline()}
     for v in range(1, views):
