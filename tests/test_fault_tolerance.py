@@ -61,7 +61,7 @@ def _fit_in_thread(cfg):
 
 
 def _wait_for_checkpoints(storage: Path, n: int, thread: threading.Thread, out: dict) -> Path:
-    deadline = time.time() + 240
+    deadline = time.time() + 900  # bounded; the loop also ends when the run ends
     while time.time() < deadline and thread.is_alive():
         found = _checkpoints(storage)
         if len(found) >= n and (found[-1] / "state.pt").exists():

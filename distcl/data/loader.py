@@ -48,11 +48,9 @@ def view_ops(spec: ViewSpec, channels: int, n_views: int) -> list[list]:
     """Per-view FFCV op lists (decoder first), before the tensor conversion."""
     if spec.preset in ("auto", "simclr_grey") and channels == 1:
         return [_grey_pipeline(spec) for _ in range(n_views)]
-    try:
-        from distcl.data.views import view_pipelines
-    except ImportError:
-        return [_grey_pipeline(spec) for _ in range(n_views)]
-    return view_pipelines(spec.preset, spec.resolution, channels, n_views=n_views)
+    from distcl.data.views import view_pipelines
+
+    return view_pipelines(spec.preset, spec.resolution, channels, n_views=n_views, tail="none")
 
 
 def _tensor_tail():

@@ -1,0 +1,69 @@
+"""Multi-class N-pair loss: naive reference, world sizes 1/2/4, and properties."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import Tensor
+
+from distcl.losses import build_loss, npair_loss
+
+from .multiproc import cases_for, check_reference, check_world, reference_run, run_case
+from .properties import assert_loss_falls, assert_permutation_invariant
+
+CASES = cases_for("npair")
+
+
+def reference(views: list[Tensor], labels: Tensor | None, *, l2_reg: float) -> Tensor:
+    """Sohn's log(1 + sum_n exp(s_an - s_ap)) per (anchor, positive), inner products, + L2."""
+    n_views, n = len(views), views[0].shape[0]
+    f = torch.cat(views)
+    ids = (torch.arange(n) if labels is None else labels).repeat(n_views)
+    sim = f @ f.T
+    total = f.new_zeros(())
+    for a in range(len(f)):
+        negatives = [k for k in range(len(f)) if ids[k] != ids[a]]
+        positives = [k for k in range(len(f)) if k != a and ids[k] == ids[a]]
+        per_pos = [torch.log(1 + torch.exp(sim[a, negatives] - sim[a, p]).sum()) for p in positives]
+        total = total + sum(per_pos) / len(per_pos)
+    reg = sum(f[a] @ f[a] for a in range(len(f))) / len(f)
+    return total / len(f) + l2_reg * reg
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.case_id)
+def test_matches_reference_and_single_process(case, world):
+    single = run_case(case)
+    check_reference(case, single, reference_run(case, reference))
+    if world > 1:
+        check_world(case, world, single)
+
+
+def test_one_class_batch_has_only_the_regulariser():
+    views = [torch.randn(4, 3, dtype=torch.float64) for _ in range(2)]
+    labels = torch.zeros(4, dtype=torch.int64)
+    reg = torch.cat(views).square().sum(dim=1).mean()
+    torch.testing.assert_close(npair_loss(views, labels, l2_reg=0.5), 0.5 * reg)
+
+
+def test_bad_l2_reg_is_named():
+    with pytest.raises(ValueError, match="loss.l2_reg must be >= 0, got -0.1"):
+        npair_loss([torch.randn(4, 3), torch.randn(4, 3)], l2_reg=-0.1)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**30), n_views=st.integers(2, 3), labelled=st.booleans())
+def test_permutation_invariance(seed, n_views, labelled):
+    # Not norm-invariant by design: it scores raw inner products.
+    def loss_fn(views, labels):
+        return npair_loss(views, labels, l2_reg=0.002)
+
+    assert_permutation_invariant(loss_fn, seed, n_views, labelled)
+
+
+@settings(max_examples=5, deadline=None)
+@given(seed=st.integers(0, 2**30), labelled=st.booleans())
+def test_loss_falls(seed, labelled):
+    assert_loss_falls(build_loss("npair"), seed, labelled)
