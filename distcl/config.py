@@ -52,7 +52,21 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    name: str = "simclr"  # simclr | supcon | supervised (more in distcl.models.methods)
+    name: str = "simclr"  # simclr | supcon | supervised | moco_v2 | moco_v3 | byol | swav | barlow
+    momentum: float = 0.99  # EMA target momentum at step 0, MoCo/BYOL (solo-learn CIFAR 0.99)
+    momentum_final: float = 1.0  # EMA momentum at the last step, cosine rise (BYOL 3.2, MoCo v3)
+    predictor_hidden: int = 512  # BYOL / MoCo v3 predictor hidden width (papers: 4096)
+    moco_temperature: float = 0.2  # MoCo InfoNCE temperature (MoCo v2 and v3 ResNet: 0.2)
+    queue_size: int = 65536  # MoCo v2 queue of negative keys, global (He et al. 2020: 65536)
+    swav_prototypes: int = 3000  # SwAV prototype count (Caron et al. 2020: 3000 on ImageNet)
+    swav_temperature: float = 0.1  # SwAV softmax temperature over prototype scores (paper: 0.1)
+    swav_epsilon: float = 0.05  # SwAV Sinkhorn entropy regularisation (paper: 0.05)
+    swav_sinkhorn_iters: int = 3  # SwAV Sinkhorn-Knopp iterations (paper: 3)
+    swav_queue_size: int = 0  # SwAV feature queue, global; 0 = off (paper: 3840 at batch 256)
+    swav_queue_start_epoch: int = 15  # SwAV starts filling the queue here (paper: epoch 15)
+    freeze_prototypes_epochs: int = 1  # SwAV prototypes get no update before this epoch (paper: 1)
+    barlow_lambda: float = 0.0051  # Barlow Twins off-diagonal weight (Zbontar et al. 2021: 0.0051)
+    barlow_scale_loss: float = 1.0  # Barlow Twins loss multiplier (paper 1.0; solo-learn CIFAR 0.1)
 
 
 @dataclass(frozen=True)
@@ -108,6 +122,9 @@ class EvalConfig:
     knn_train_images: int = 10000  # training images used as the kNN bank during training
     probe: bool = True  # linear probe on frozen features at the end
     baselines: bool = True  # raw-pixel baselines on the same split
+    semi: bool = True  # fine-tune encoder + linear head on 1% and 10% of the labels (SimCLR sec. 6)
+    semi_steps: int = 100  # SGD steps per label fraction (batch 128, at most 60 epochs): CPU cost
+    tsne_points: int = 2000  # test features in the t-SNE plot artifact (0 = no plot)
 
 
 @dataclass(frozen=True)
@@ -115,6 +132,11 @@ class TrackingConfig:
     uri: str = "sqlite:///mlflow.db"  # MLflow tracking URI (env MLFLOW_TRACKING_URI overrides "")
     experiment: str = ""  # "" = one experiment per dataset: distcl-<dataset>
     enabled: bool = True
+    log_model: bool = True  # log the encoder with mlflow.pytorch.log_model (a pickled nn.Module)
+    register: bool = False  # also register the logged encoder in the MLflow model registry
+    registered_model: str = ""  # registry name; "" = distcl-<dataset>-<method>
+    system_metrics: bool = True  # sample CPU/memory/disk/network/GPU into system/* metrics
+    system_metrics_interval: float = 10.0  # seconds between system-metric samples
 
 
 @dataclass(frozen=True)
