@@ -85,6 +85,18 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["launch"]:
         return _cmd_launch(argv[1:])
+    if argv[:1] == ["sweep"]:
+        from distcl.sweep import main as sweep_main
+
+        return sweep_main(argv[1:])
+    if argv[:1] == ["eval"]:
+        from distcl.eval_cli import main as eval_main
+
+        return eval_main(argv[1:])
+    if argv[:1] == ["compare"]:
+        from distcl.compare import main as compare_main
+
+        return compare_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -168,7 +168,9 @@ class Config:
     def run_name(self) -> str:
         if self.train.run_name:
             return self.train.run_name
-        return f"{self.method.name}-{self.loss.name}-b{self.train.global_batch}"
+        if self.method.name in ("simclr", "supcon"):  # the methods that use loss.name
+            return f"{self.method.name}-{self.loss.name}-b{self.train.global_batch}"
+        return f"{self.method.name}-b{self.train.global_batch}"
 
 
 def _section_types() -> dict[str, type]:
