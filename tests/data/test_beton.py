@@ -14,11 +14,15 @@ from distcl.data.sources import DataError, fashion_mnist
 
 
 def test_prepare_writes_valid_beton_and_reuses_it(fmnist_root, tmp_path):
-    path, meta, written = prepare("fashion_mnist", "train", root=str(fmnist_root), out=str(tmp_path))
+    path, meta, written = prepare(
+        "fashion_mnist", "train", root=str(fmnist_root), out=str(tmp_path)
+    )
     assert written and meta["count"] == 600 and meta["resolution"] == 28 and meta["channels"] == 1
     assert read_meta(path)["count"] == 600
     mtime = path.stat().st_mtime_ns
-    _, _, written_again = prepare("fashion_mnist", "train", root=str(fmnist_root), out=str(tmp_path))
+    _, _, written_again = prepare(
+        "fashion_mnist", "train", root=str(fmnist_root), out=str(tmp_path)
+    )
     assert not written_again and path.stat().st_mtime_ns == mtime
 
 
@@ -44,7 +48,9 @@ def test_truncated_beton_is_refused_with_rebuild_command(fmnist_root, tmp_path):
         f.truncate(path.stat().st_size // 2)
     with pytest.raises(DataError) as err:
         read_meta(path)
-    assert str(path) in str(err.value) and "distcl prepare --dataset fashion_mnist" in str(err.value)
+    assert str(path) in str(err.value) and "distcl prepare --dataset fashion_mnist" in str(
+        err.value
+    )
 
 
 def test_foreign_beton_without_sidecar_is_refused(fmnist_root, tmp_path):
@@ -64,15 +70,29 @@ def test_mismatched_beton_is_rewritten_by_prepare(fmnist_root, tmp_path):
 
 
 def test_cli_prepare_reports_reuse(fmnist_root, tmp_path):
-    cmd = [sys.executable, "-m", "distcl.cli", "prepare", "--root", str(fmnist_root),
-           "--out", str(tmp_path), "--split", "test"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "distcl.cli",
+        "prepare",
+        "--root",
+        str(fmnist_root),
+        "--out",
+        str(tmp_path),
+        "--split",
+        "test",
+    ]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
     assert "(wrote)" in first.stdout
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert "valid, reused" in second.stdout
     assert beton_path(str(tmp_path), "fashion_mnist", "test").exists()
-    bad = subprocess.run(cmd[:-4] + ["--root", str(tmp_path / "missing"), "--out", str(tmp_path / "o")],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        cmd[:-4] + ["--root", str(tmp_path / "missing"), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "dataset-fashion-mnist" in bad.stderr
     assert not list((tmp_path / "o").glob("*.beton"))  # nothing half-written

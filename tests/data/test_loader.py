@@ -25,10 +25,12 @@ def _rank_indices(rank: int, world: int, port: int, path: str, out) -> None:
     import torch.distributed as td
 
     torch.set_num_threads(1)
-    td.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                          world_size=world)
-    loader = train_loader(path, batch_size=32, views=2, spec=ViewSpec(28), seed=5,
-                          distributed=True, num_workers=1)
+    td.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    loader = train_loader(
+        path, batch_size=32, views=2, spec=ViewSpec(28), seed=5, distributed=True, num_workers=1
+    )
     seen = [split_batch(b)[1].clone() for b in loader]
     out.put((rank, torch.cat(seen).tolist()))
     td.barrier()
@@ -58,13 +60,22 @@ def test_shards_are_disjoint_across_two_ranks(tmp_path):
 def test_two_views_differ_and_epochs_resume(tmp_path):
     path = tmp_path / "idx.beton"
     _indexed_beton(path)
-    loader = train_loader(path, batch_size=64, views=2, spec=ViewSpec(28), seed=1,
-                          distributed=False, num_workers=1)
+    loader = train_loader(
+        path, batch_size=64, views=2, spec=ViewSpec(28), seed=1, distributed=False, num_workers=1
+    )
     views, labels = split_batch(next(iter(loader)))
     assert len(views) == 2 and views[0].shape == (64, 3, 28, 28) and views[0].dtype == torch.uint8
     differ = (views[0].float() - views[1].float()).abs().flatten(1).mean(1) > 1.0
     assert differ.float().mean() > 0.9  # independent per-image augmentations
     order_epoch1 = torch.cat([split_batch(b)[1].clone() for b in loader])
-    resumed = train_loader(path, batch_size=64, views=2, spec=ViewSpec(28), seed=1,
-                           distributed=False, num_workers=1, epoch=1)
+    resumed = train_loader(
+        path,
+        batch_size=64,
+        views=2,
+        spec=ViewSpec(28),
+        seed=1,
+        distributed=False,
+        num_workers=1,
+        epoch=1,
+    )
     assert torch.equal(torch.cat([split_batch(b)[1].clone() for b in resumed]), order_epoch1)
