@@ -36,7 +36,7 @@ class DataConfig:
     crop_scale_min: float = 0.2  # RandomResizedCrop lower scale (SimCLR: 0.08 for large images)
     jitter: float = 0.4  # brightness/contrast strength for grey images
     jitter_p: float = 0.8  # probability of applying jitter per image (SimCLR Appendix A)
-    loader: str = "ffcv"  # ffcv | torchvision (fallback where FFCV cannot build)
+    loader: str = "ffcv"  # ffcv (the only loader so far)
     loader_workers: int = 1  # data threads per training worker; follows Ray's CPUs when 0
     max_images: int = 0  # use only the first N training images (0 = all); for tests and demos
 
