@@ -1,31 +1,52 @@
-"""Evaluation of frozen features: kNN classifier, linear probe, raw-pixel baselines.
+"""Evaluation of frozen features: kNN, linear probe, and the label subsets for fine-tuning.
 
-All figures are top-1 accuracy in [0, 1] on the test split. Features are L2-normalised before
-either classifier. The linear probe is multinomial logistic regression trained with full-batch
-L-BFGS in torch; its L2 strength is chosen on a held-out 10% of the train split, never on test.
+All figures are accuracies in [0, 1] on the test split. Features are L2-normalised before either
+classifier. The linear probe is multinomial logistic regression fitted with full-batch L-BFGS in
+torch (float32); its L2 strength is chosen on a seeded held-out 10% of the train split, never on
+test. The semi-supervised fine-tuning itself (SimCLR section 6) lives in distcl.final_eval.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from distcl import dist
 from distcl.data.loader import eval_loader, to_float
 from distcl.precision import autocast
 
 KNN_T = 0.07  # temperature of the similarity-weighted kNN vote (Wu et al. 2018, InstDisc)
-PROBE_L2 = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)  # candidate L2 strengths (mean-loss scale) for the probe
+KNN_MONITOR_TEST = 10000  # test images the in-training monitor embeds: bounds its cost per call
+# Candidate L2 strengths (mean-loss scale; sklearn's C=1 on 54k rows is ~1e-5), strongest first,
+# each fit warm-starting the next and the search stopping once validation accuracy drops.
+# Raw pixels of Fashion-MNIST (60k x 784): 84.70% in 64 loss evaluations, against 84.76% in ~700
+# for the former 5-point x 100-iteration search (84.9% fully converged).
+PROBE_L2 = (1e-3, 1e-4, 1e-5)
+PROBE_ITERS = 30  # L-BFGS iterations of the first (cold) fit, in the preconditioned basis
+PROBE_WARM_ITERS = 15  # iterations of each warm-started fit along the grid
+PROBE_REFIT_ITERS = 10  # iterations of the final refit on the whole train split
+SEMI_SEED = 0  # the label subsets are fixed across runs, like SimCLR's published ImageNet subsets
 
 
 @torch.no_grad()
-def extract_features(encoder: torch.nn.Module, path: str, *, channels: int, device,
-                     indices: np.ndarray | None = None, batch_size: int = 1000,
-                     num_workers: int = 1, use_bf16: bool = False):
-    """Encoder features `N x F` (float32, CPU) and labels `N` for the images of a `.beton`."""
+def extract_features(
+    encoder: nn.Module,
+    path: str,
+    *,
+    channels: int,
+    device,
+    indices: np.ndarray | None = None,
+    batch_size: int = 1000,
+    num_workers: int = 1,
+    use_bf16: bool = False,
+):
+    """Encoder outputs `N x F` (float32, CPU) and labels `N` for the images of a `.beton`."""
     was_training = encoder.training
     encoder.eval()
     feats, labels = [], []
@@ -40,8 +61,15 @@ def extract_features(encoder: torch.nn.Module, path: str, *, channels: int, devi
     return torch.cat(feats), torch.cat(labels)
 
 
-def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
-                 test_y: torch.Tensor, k: int = 20, t: float = KNN_T, chunk: int = 1000) -> float:
+def knn_accuracy(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    k: int = 20,
+    t: float = KNN_T,
+    chunk: int = 1000,
+) -> float:
     """Cosine kNN: each test point votes its k nearest train points, weighted by exp(sim / t)."""
     train_x = F.normalize(train_x.float(), dim=1)
     test_x = F.normalize(test_x.float(), dim=1)
@@ -57,9 +85,23 @@ def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
 
 
 @torch.no_grad()
-def knn_monitor(encoder, bank_path: str, test_path: str, *, k: int, channels: int, device,
-                bank_size: int, use_bf16: bool = False) -> float:
-    """kNN accuracy during training: each rank embeds its shard, features are gathered."""
+def knn_monitor(
+    encoder,
+    bank_path: str,
+    test_path: str,
+    *,
+    k: int,
+    channels: int,
+    device,
+    bank_size: int,
+    use_bf16: bool = False,
+    test_size: int = KNN_MONITOR_TEST,
+) -> float:
+    """kNN accuracy during training: each rank embeds its shard, features are gathered.
+
+    Cost per call is bounded: at most `bank_size` (0 = all) bank and `test_size` test images
+    are embedded, split across ranks, and the vote is `test x bank` similarities in chunks.
+    """
     rank, world = dist.get_rank(), dist.get_world_size()
     from distcl.data.beton import read_meta
 
@@ -69,75 +111,192 @@ def knn_monitor(encoder, bank_path: str, test_path: str, *, k: int, channels: in
         n -= n % world  # equal shards, so the gather lines up
         return np.arange(rank, n, world)
 
-    bx, by = extract_features(encoder, bank_path, channels=channels, device=device,
-                              indices=shard(bank_path, bank_size), use_bf16=use_bf16)
-    tx, ty = extract_features(encoder, test_path, channels=channels, device=device,
-                              indices=shard(test_path, 0), use_bf16=use_bf16)
+    bx, by = extract_features(
+        encoder,
+        bank_path,
+        channels=channels,
+        device=device,
+        indices=shard(bank_path, bank_size),
+        use_bf16=use_bf16,
+    )
+    tx, ty = extract_features(
+        encoder,
+        test_path,
+        channels=channels,
+        device=device,
+        indices=shard(test_path, test_size),
+        use_bf16=use_bf16,
+    )
     bx, by, tx, ty = (dist.gather_no_grad(t.to(device)).cpu() for t in (bx, by, tx, ty))
     return knn_accuracy(bx, by, tx, ty, k=k)
+
+
+class ProbeHead(nn.Module):
+    """Linear classifier on L2-normalised, standardised features: `B x F -> B x K` logits.
+
+    Standardising is an affine map, so the head stays linear in the normalised features; it only
+    conditions L-BFGS (and keeps one L2 grid meaningful across feature scales).
+    """
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, classes: int):
+        super().__init__()
+        self.register_buffer("mean", mean.clone())  # F
+        self.register_buffer("std", std.clone())  # F
+        self.linear = nn.Linear(len(mean), classes)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def standardise(self, f: torch.Tensor) -> torch.Tensor:
+        return (F.normalize(f.float(), dim=1) - self.mean) / self.std  # B x F
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.standardise(f))  # B x K
+
+
+def new_head(train_x: torch.Tensor, classes: int) -> ProbeHead:
+    """A zero-initialised head whose standardisation statistics come from `train_x` (N x F)."""
+    x = F.normalize(train_x.float(), dim=1)
+    return ProbeHead(x.mean(0), x.std(0).clamp_min(1e-6), classes)
+
+
+def preconditioner(
+    z: torch.Tensor, rows: int = 4096, eps: float = 0.1, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`P = (C + eps I)^(-1/2)` and its inverse (`F x F`), C the feature correlation matrix
+    estimated on `rows` random rows of the standardised features `z` (`N x F`).
+
+    Fitting `W = V P` instead of W whitens the problem: raw pixels are strongly correlated, so
+    plain L-BFGS crawls (60 iterations from zero still gained 2 points on Fashion-MNIST). The
+    objective is unchanged (the penalty stays on W), so the optimum is the same.
+    """
+    pick = torch.randperm(len(z), generator=torch.Generator().manual_seed(seed))[:rows]
+    c = z[pick].T @ z[pick] / len(pick)  # F x F
+    e, v = torch.linalg.eigh(c.double())
+    e = e.clamp_min(0) + eps
+    return ((v * e.rsqrt()) @ v.T).float(), ((v * e.sqrt()) @ v.T).float()
+
+
+def fit_head(
+    head: ProbeHead,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    l2: float,
+    iters: int,
+    precond: tuple[torch.Tensor, torch.Tensor],
+) -> ProbeHead:
+    """Full-batch L-BFGS on mean cross-entropy + l2 * ||W||^2 (bias not penalised), in place.
+
+    `z` are features already standardised by `head` (`N x F`); the fit starts from the head's
+    current weights, so a sequence of fits warm-starts. `precond` is `preconditioner(z)`.
+    """
+    p, p_inv = precond
+    lin = head.linear
+    v = (lin.weight.detach() @ p_inv).requires_grad_(True)  # K x F, W = V P
+    b = lin.bias.detach().clone().requires_grad_(True)  # K
+    opt = torch.optim.LBFGS(
+        [v, b],
+        lr=1.0,
+        max_iter=iters,
+        history_size=10,
+        tolerance_grad=1e-5,
+        tolerance_change=1e-8,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure():
+        opt.zero_grad()
+        w = v @ p  # K x F
+        loss = F.cross_entropy(torch.addmm(b, z, w.T), y) + l2 * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        lin.weight.copy_(v @ p)
+        lin.bias.copy_(b)
+    return head
+
+
+def topk_accuracy(logits: torch.Tensor, y: torch.Tensor, k: int) -> float:
+    """Fraction of rows of `logits` (`N x K`) whose top-k classes contain `y`."""
+    pred = logits.topk(min(k, logits.shape[1]), dim=1).indices  # N x k
+    return float((pred == y[:, None]).any(1).double().mean())
 
 
 @dataclass(frozen=True)
 class ProbeResult:
     top1: float
-    top5: float
+    top5: float | None  # None where there are 5 classes or fewer (top-5 would be trivially 1)
     l2: float  # the L2 strength chosen on the validation split
     val_top1: float
 
 
-def _fit_logreg(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float, iters: int = 100,
-                init: torch.nn.Linear | None = None) -> torch.nn.Linear:
-    """Full-batch L-BFGS on mean cross-entropy + l2 * ||W||^2 (bias not penalised)."""
-    model = torch.nn.Linear(x.shape[1], classes)
-    with torch.no_grad():
-        model.weight.copy_(init.weight if init is not None else torch.zeros_like(model.weight))
-        model.bias.copy_(init.bias if init is not None else torch.zeros_like(model.bias))
-    opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=iters, history_size=10,
-                            tolerance_grad=1e-6, tolerance_change=1e-9,
-                            line_search_fn="strong_wolfe")
+def linear_probe(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    l2_grid=PROBE_L2,
+    val_frac: float = 0.1,
+    seed: int = 0,
+) -> ProbeResult:
+    """Multinomial logistic regression on frozen features `N x F`; top-1 (and top-5) on test.
 
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y) + l2 * model.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return model
-
-
-def _topk(model: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor, k: int) -> float:
-    with torch.no_grad():
-        pred = model(x).topk(min(k, model.out_features), dim=1).indices
-    return float((pred == y[:, None]).any(1).double().mean())
-
-
-def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
-                 test_y: torch.Tensor, l2_grid=PROBE_L2, val_frac: float = 0.1,
-                 seed: int = 0) -> ProbeResult:
-    """Multinomial logistic regression on L2-normalised, standardised features.
-
-    The L2 strength is picked on a seeded, held-out `val_frac` of the train split; the probe is
-    then refit on the whole train split and scored once on test.
+    The L2 strength is picked on a seeded, held-out `val_frac` of the train split (grid from
+    strongest to weakest, each fit warm-starting the next, stopping when validation accuracy
+    drops); the probe is then refit on the whole train split from the chosen weights and scored
+    once on test.
     """
-    x = F.normalize(train_x.float(), dim=1)
-    xt = F.normalize(test_x.float(), dim=1)
-    mean, std = x.mean(0), x.std(0).clamp_min(1e-8)  # standardising is an affine map: still linear
-    x, xt = (x - mean) / std, (xt - mean) / std
     classes = int(max(train_y.max(), test_y.max())) + 1
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    n_val = int(len(x) * val_frac)
-    val, tr = perm[:n_val], perm[n_val:]
-    scores, fits, prev = {}, {}, None
-    for l2 in sorted(l2_grid, reverse=True):  # strongest first; each fit warm-starts the next
-        prev = fits[l2] = _fit_logreg(x[tr], train_y[tr], classes, l2, init=prev)
-        scores[l2] = _topk(prev, x[val], train_y[val], 1)
-    best = max(scores, key=lambda l2: (scores[l2], l2))
-    model = _fit_logreg(x, train_y, classes, best, init=fits[best])
-    return ProbeResult(_topk(model, xt, test_y, 1), _topk(model, xt, test_y, 5), best, scores[best])
+    head = new_head(train_x, classes)
+    with torch.no_grad():
+        z, zt = head.standardise(train_x), head.standardise(test_x)  # N x F, M x F
+    precond = preconditioner(z)
+    val, tr = val_split(len(z), val_frac, seed)
+    z_tr, y_tr = z[tr].contiguous(), train_y[tr]
+    scores, weights = {}, {}
+    for i, l2 in enumerate(sorted(l2_grid, reverse=True)):
+        fit_head(head, z_tr, y_tr, l2, PROBE_WARM_ITERS if i else PROBE_ITERS, precond)
+        with torch.no_grad():
+            scores[l2] = topk_accuracy(head.linear(z[val]), train_y[val], 1)
+        weights[l2] = copy.deepcopy(head.linear.state_dict())
+        if scores[l2] < max(scores.values()):
+            break  # weaker L2 only overfits more from here: skip the rest of the grid
+    best = max(scores, key=lambda l2: (scores[l2], l2))  # ties go to the stronger L2
+    head.linear.load_state_dict(weights[best])
+    fit_head(head, z, train_y, best, PROBE_REFIT_ITERS, precond)
+    with torch.no_grad():
+        logits = head.linear(zt)  # M x K
+    top5 = topk_accuracy(logits, test_y, 5) if classes > 5 else None
+    return ProbeResult(topk_accuracy(logits, test_y, 1), top5, best, scores[best])
+
+
+def val_split(n: int, val_frac: float = 0.1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded (validation, train) row indices of a split of `n` rows."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = int(n * val_frac)
+    return perm[:n_val], perm[n_val:]
 
 
 def raw_pixels(path: str, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Flattened pixels in [-1, 1] as features `N x (C*H*W)`."""
-    flatten = torch.nn.Flatten()
-    return extract_features(flatten, path, channels=channels, device=torch.device("cpu"))
+    return extract_features(nn.Flatten(), path, channels=channels, device=torch.device("cpu"))
+
+
+def balanced_subset(labels: torch.Tensor, fraction: float, seed: int = SEMI_SEED) -> np.ndarray:
+    """Sorted indices of a class-balanced `fraction` of `labels` (`N`): round(fraction * n_c)
+    images of each class c (at least one), drawn with a fixed seed so every run gets the same."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"label fraction must be in (0, 1], got {fraction} (SimCLR: 0.01, 0.1)")
+    rng = np.random.default_rng(seed)
+    y = labels.numpy()
+    picks = []
+    for c in np.unique(y[y >= 0]):  # -1 marks unlabelled images
+        idx = np.flatnonzero(y == c)
+        picks.append(rng.choice(idx, size=max(1, round(fraction * len(idx))), replace=False))
+    return np.sort(np.concatenate(picks)).astype(np.int64)
+
+
+def subset_hash(indices: np.ndarray) -> str:
+    """A short, stable fingerprint of a label subset (sha256 of the int64 indices)."""
+    return hashlib.sha256(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest()[:16]

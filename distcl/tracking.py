@@ -3,18 +3,26 @@
 The driver creates the run (so its id exists before any worker starts and survives restarts);
 rank 0 of the worker group logs per-epoch metrics into it through `RunLogger`, and the driver
 logs the final evaluation. Everything goes through `MlflowClient` with an explicit run id, so
-no process depends on mlflow's global "active run".
+no process depends on mlflow's global "active run". The few mlflow calls that only read the
+global tracking URI (`log_model`, `load_model`, `search_runs`) run inside `_global_uri(uri)`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+
+class TrackingError(RuntimeError):
+    """A run or artifact is not where it was expected; the message names it and the fix."""
+
 
 SECRET_KEY = re.compile(r"(token|password|passwd|secret|api[_-]?key|credential)", re.I)
 
@@ -27,7 +35,7 @@ def resolve_uri(uri: str) -> str:
     """
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "") or "sqlite:///mlflow.db"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+        return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
     if "://" not in uri:  # a bare path: MLflow 3 refuses file stores by default, use SQLite
         return "sqlite:///" + str((Path(uri) / "mlflow.db").resolve())
     return uri
@@ -65,9 +73,9 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 
 
 def git_commit() -> str:
+    cmd, here = ["git", "rev-parse", "HEAD"], Path(__file__).parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, cwd=Path(__file__).parent)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=5, cwd=here)
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -80,12 +88,16 @@ class RunLogger:
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=uri)
+        self.uri = uri
         self.run_id = run_id
+        self._monitor = None
+
+    @property
+    def experiment_id(self) -> str:
+        return self.client.get_run(self.run_id).info.experiment_id
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
-
-        import time
 
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
@@ -111,30 +123,82 @@ class RunLogger:
     def metric_history(self, key: str) -> list[tuple[int, float]]:
         return [(m.step, m.value) for m in self.client.get_metric_history(self.run_id, key)]
 
+    def start_system_metrics(self, interval_s: float = 10.0) -> bool:
+        """Sample CPU, memory, disk, network (and GPU where pynvml sees one) into `system/*`
+        metrics every `interval_s`, from a thread of this process, until `end()`. mlflow's
+        monitor takes run id and URI explicitly: no active run needed; resumes its step count."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor as Monitor
+
+        try:
+            kw = {"sampling_interval": interval_s, "resume_logging": True, "tracking_uri": self.uri}
+            self._monitor = Monitor(self.run_id, **kw)
+            self._monitor.start()
+        except Exception as exc:  # psutil missing or the store refuses: training goes on
+            print(f"distcl: system metrics are off ({type(exc).__name__}: {exc})")
+            self._monitor = None
+        return self._monitor is not None
+
     def end(self, status: str = "FINISHED") -> None:
+        if self._monitor is not None:
+            self._monitor.finish()  # flushes the last samples while the run still accepts them
+            self._monitor = None
         self.client.set_terminated(self.run_id, status=status)
 
 
 def experiment_id(uri: str, name: str) -> str:
+    """The id of experiment `name`, created if missing; a SQLite store keeps the artifacts of
+    new experiments next to its database (mlflow's default is ./mlruns of whatever cwd)."""
+    from mlflow.tracking import MlflowClient
+
+    exp = find_experiment(uri, name)
+    if exp:
+        return exp.experiment_id
+    db = Path(uri[len("sqlite:///") :]).parent if uri.startswith("sqlite:///") else None
+    where = str((db / "mlartifacts").resolve()) if db else None
+    return MlflowClient(tracking_uri=uri).create_experiment(name, where)
+
+
+def find_experiment(uri: str, name: str = "", exp_id: str = "") -> Any:
+    """The experiment named `name` (or with id `exp_id`), or None; never creates one."""
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(name)
-    return exp.experiment_id if exp else client.create_experiment(name)
+    try:
+        return client.get_experiment(exp_id) if exp_id else client.get_experiment_by_name(name)
+    except MlflowException:
+        return None
 
 
-def start_run(uri: str, experiment: str, run_name: str, params: dict[str, Any],
-              tags: dict[str, Any], config_yaml: str = "") -> RunLogger:
-    """Create a run in `experiment` with params, tags and the resolved config as an artifact."""
+def start_run(
+    uri: str,
+    experiment: str,
+    run_name: str,
+    params: dict[str, Any],
+    tags: dict[str, Any],
+    config_yaml: str = "",
+    *,
+    system_metrics: bool | None = None,
+) -> RunLogger:
+    """Create a run in `experiment` with params, tags and the resolved config as an artifact.
+
+    System metrics are sampled for the run's lifetime when `system_metrics` is true; None takes
+    `tracking.system_metrics` / `tracking.system_metrics_interval` from the flat `params`.
+    """
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    run = client.create_run(experiment_id(uri, experiment), run_name=run_name,
-                            tags={k: str(v) for k, v in tags.items()})
+    run = client.create_run(
+        experiment_id(uri, experiment), run_name=run_name, tags={k: str(v) for k, v in tags.items()}
+    )
     logger = RunLogger(uri, run.info.run_id)
     logger.log_params(params)
     if config_yaml:
         logger.log_text(config_yaml, "config.yaml")
+    if system_metrics is None:
+        system_metrics = bool(params.get("tracking.system_metrics", False))
+    if system_metrics:
+        logger.start_system_metrics(float(params.get("tracking.system_metrics_interval", 10.0)))
     return logger
 
 
@@ -142,12 +206,110 @@ def find_runs(uri: str, experiment: str, filter_string: str = "") -> list[Any]:
     """Runs of `experiment` matching an MLflow filter, newest first."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
+    exp = find_experiment(uri, experiment)
     if exp is None:
         return []
-    return client.search_runs([exp.experiment_id], filter_string=filter_string,
-                              order_by=["attributes.start_time DESC"])
+    return MlflowClient(tracking_uri=uri).search_runs(
+        [exp.experiment_id], filter_string=filter_string, order_by=["attributes.start_time DESC"]
+    )
+
+
+def get_run(uri: str, run_id: str) -> Any:
+    """The run (info, params, tags, latest metrics), or RuntimeError naming the id and store."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return MlflowClient(tracking_uri=uri).get_run(run_id)
+    except MlflowException:
+        raise TrackingError(
+            f"MLflow run {run_id} not found in {mask_secrets(uri)}; check --run, or pass "
+            "--tracking-uri of the store the run was logged to"
+        ) from None
+
+
+def read_artifact_text(uri: str, run_id: str, path: str) -> str | None:
+    """The text of one artifact of a run, or None when it does not exist."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            return Path(client.download_artifacts(run_id, path, tmp)).read_text()
+        except Exception:  # missing artifacts raise different types per store
+            return None
+
+
+@contextlib.contextmanager
+def _global_uri(uri: str, **env: str):
+    """Point mlflow's fluent API at `uri` (and set `env`) for the block, then restore both
+    (`mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI: restored as it was)."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as service  # holds the global URI
+
+    previous = getattr(service, "_tracking_uri", None)
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", *env)}
+    mlflow.set_tracking_uri(uri)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def search_runs(uri: str, experiment_ids: list[str] | None = None, filter_string: str = "") -> Any:
+    """`mlflow.search_runs` as a pandas DataFrame (newest first); all experiments when None."""
+    import mlflow
+
+    with _global_uri(uri):
+        return mlflow.search_runs(
+            experiment_ids=experiment_ids,
+            filter_string=filter_string,
+            search_all_experiments=experiment_ids is None,
+            order_by=["attributes.start_time DESC"],
+        )
+
+
+def log_encoder(
+    logger: RunLogger, encoder: Any, input_example: Any, registered_name: str = ""
+) -> str:
+    """Log `encoder` with `mlflow.pytorch.log_model` as `encoder` (registered under
+    `registered_name` if given); returns its `models:/` URI, also set as tag encoder_model_uri.
+
+    MLflow 3 defaults to `torch.export` (pt2): that loads back as a fixed graph refusing
+    `.train()` (no fine-tuning) and took 44 s to export a small CNN here. The pickled module
+    loads back as the same `nn.Module` class (distcl must be importable there).
+    """
+    import mlflow.pytorch
+
+    with _global_uri(logger.uri):
+        info = mlflow.pytorch.log_model(
+            encoder,
+            name="encoder",
+            input_example=input_example,
+            serialization_format="pickle",
+            run_id=logger.run_id,
+            registered_model_name=registered_name or None,
+        )
+    logger.set_tags({"encoder_model_uri": info.model_uri})
+    return info.model_uri
+
+
+def load_encoder(uri: str, model_uri: str) -> Any:
+    """Load an encoder logged by `log_encoder` as its `nn.Module` class, on CPU.
+
+    It was pickled, and unpickling runs code: load only encoders from stores you trust. This
+    allows it for this call only (MLFLOW_ALLOW_PICKLE_DESERIALIZATION).
+    """
+    import mlflow.pytorch
+
+    with _global_uri(uri, MLFLOW_ALLOW_PICKLE_DESERIALIZATION="true"):
+        return mlflow.pytorch.load_model(model_uri, map_location="cpu")
 
 
 def log_figure(logger: RunLogger, fig: Any, artifact_file: str) -> None:

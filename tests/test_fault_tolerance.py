@@ -21,9 +21,9 @@ pytestmark = pytest.mark.slow
 EPOCHS = 4
 
 
-def _cfg(betons: Path, tmp: Path, name: str, epochs: int = EPOCHS):
+def _cfg(betons: Path, tmp: Path, name: str, epochs: int = EPOCHS, batch: int = 64):
     return config.load(None, tiny_overrides(
-        betons, tmp, f"train.epochs={epochs}", "train.max_failures=1", "train.global_batch=64",
+        betons, tmp, f"train.epochs={epochs}", "train.max_failures=1", f"train.global_batch={batch}",
         "eval.knn_every=0", "eval.baselines=false", "eval.probe=false", "train.keep_checkpoints=3",
         f"train.run_name={name}", "train.seed=7",
     ))
@@ -39,6 +39,7 @@ def _kill_one_worker(ray_ctx) -> int:
 
     actors = list_actors(address=f"http://{ray_ctx.dashboard_url}",
                          filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    assert actors, "no live training worker to kill (the run ended too early)"
     pid = actors[0]["pid"]
     os.kill(pid, signal.SIGKILL)
     return pid
@@ -108,7 +109,8 @@ def test_killed_worker_resumes_without_lost_or_duplicated_epochs(ray_session, ti
 def test_corrupt_latest_checkpoint_falls_back_to_previous(ray_session, tiny_betons, tmp_path,
                                                           capfd):
     storage = tmp_path / "runs"
-    thread, out = _fit_in_thread(_cfg(tiny_betons, tmp_path, "corrupt", epochs=3))
+    # Small batches and spare epochs keep the run going while the test corrupts and kills.
+    thread, out = _fit_in_thread(_cfg(tiny_betons, tmp_path, "corrupt", epochs=5, batch=16))
     latest = _wait_for_checkpoints(storage, 2, thread, out)
     (latest / "state.pt").write_bytes(b"not a checkpoint")
     _kill_one_worker(ray_session)
@@ -116,8 +118,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(ray_session, tiny_beto
     assert "error" not in out, out.get("error")
     assert "resuming from the previous checkpoint" in capfd.readouterr().out
     summary = out["summary"]
-    assert checkpoint.load(summary["checkpoint"])["epoch"] == 3
-    assert _history(tmp_path, summary["mlflow_run_id"]) == [1, 2, 3]
+    assert checkpoint.load(summary["checkpoint"])["epoch"] == 5
+    assert _history(tmp_path, summary["mlflow_run_id"]) == [1, 2, 3, 4, 5]
 
 
 def test_load_previous_skips_unreadable_checkpoints(tmp_path):
