@@ -66,7 +66,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def encoder_state(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The encoder's weights out of a full method state dict (keys `encoder.*`)."""
-    return {k[len("encoder."):]: v for k, v in model_state.items() if k.startswith("encoder.")}
+    return {k[len("encoder.") :]: v for k, v in model_state.items() if k.startswith("encoder.")}
 
 
 def load_previous(latest: str | Path, error: Exception) -> tuple[dict[str, Any], Path]:
@@ -75,9 +75,10 @@ def load_previous(latest: str | Path, error: Exception) -> tuple[dict[str, Any],
     Ray names checkpoint folders `checkpoint_<timestamp>`, so name order is time order.
     """
     latest = Path(latest)
-    older = sorted((p for p in latest.parent.glob("checkpoint_*")
-                    if p.is_dir() and p.name < latest.name),
-                   reverse=True)
+    older = sorted(
+        (p for p in latest.parent.glob("checkpoint_*") if p.is_dir() and p.name < latest.name),
+        reverse=True,
+    )
     for candidate in older:
         try:
             return load(candidate), candidate

@@ -18,13 +18,21 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     splits = args.split or ["train", "test"]
     for split in splits:
         path, meta, written = prepare(
-            args.dataset, split, root=args.root, out=args.out, force=args.force,
-            write_mode=args.write_mode, max_resolution=args.max_resolution,
-            jpeg_quality=args.jpeg_quality, num_workers=args.workers,
+            args.dataset,
+            split,
+            root=args.root,
+            out=args.out,
+            force=args.force,
+            write_mode=args.write_mode,
+            max_resolution=args.max_resolution,
+            jpeg_quality=args.jpeg_quality,
+            num_workers=args.workers,
         )
         state = "wrote" if written else "valid, reused"
-        print(f"{path}: {meta['count']} images, {meta['resolution']} px, "
-              f"{meta['channels']} channel(s) ({state})")
+        print(
+            f"{path}: {meta['count']} images, {meta['resolution']} px, "
+            f"{meta['channels']} channel(s) ({state})"
+        )
     return 0
 
 
@@ -67,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser("train", help="train with Ray Train, log to MLflow, evaluate")
-    p.add_argument("--config", default=None, help="preset name or YAML path "
-                   "(default: fashion_mnist_simclr)")
+    p.add_argument(
+        "--config", default=None, help="preset name or YAML path (default: fashion_mnist_simclr)"
+    )
     p.add_argument("--resume", action="store_true", help="continue the newest run of this name")
     p.add_argument("--summary-json", default=None, help="write final figures to this JSON file")
     p.add_argument("overrides", nargs="*", help="key.sub=value, e.g. train.epochs=5")
@@ -76,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("presets", help="list the shipped config presets")
     p.set_defaults(func=_cmd_presets)
-    sub.add_parser("launch", help="submit distcl train to a Ray cluster (see distcl launch -h)",
-                   add_help=False)
+    sub.add_parser(
+        "launch", help="submit distcl train to a Ray cluster (see distcl launch -h)", add_help=False
+    )
     return parser
 
 

@@ -26,7 +26,9 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "fashion_mnist"  # fashion_mnist | cifar10 | cifar100 | stl10 | imagefolder | synthetic
+    dataset: str = (
+        "fashion_mnist"  # fashion_mnist | cifar10 | cifar100 | stl10 | imagefolder | synthetic
+    )
     root: str = ""  # raw dataset folder; "" = the dataset's usual place (Debian package for FMNIST)
     beton_dir: str = "data"  # where prepared .beton files live (shared storage on a cluster)
     split: str = "train"  # split used for pre-training
@@ -276,7 +278,9 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"override '{item}' must look like key.sub=value, e.g. train.epochs=5")
+            raise ConfigError(
+                f"override '{item}' must look like key.sub=value, e.g. train.epochs=5"
+            )
         out[key.strip()] = value
     return out
 

@@ -57,8 +57,12 @@ def _run_dir_name(cfg: Config, storage: str, resume: bool) -> str:
     if resume:
         fs, base = _storage(storage)
         infos = fs.get_file_info(pyarrow.fs.FileSelector(base, allow_not_found=True))
-        existing = sorted(i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory
-                          and i.base_name.startswith(f"{cfg.run_name}-2"))
+        existing = sorted(
+            i.base_name
+            for i in infos
+            if i.type == pyarrow.fs.FileType.Directory
+            and i.base_name.startswith(f"{cfg.run_name}-2")
+        )
         if existing:
             print(f"distcl: resuming {storage}/{existing[-1]} from its latest checkpoint")
             return existing[-1]
@@ -88,9 +92,12 @@ def _open_tracking(cfg: Config, uri: str, storage: str, name: str, data: dict):
         print(f"distcl: continuing MLflow run {previous['mlflow_run_id']}")
         return tracking.RunLogger(uri, previous["mlflow_run_id"])
     tags = {
-        "method": cfg.method.name, "loss": cfg.loss.name, "dataset": cfg.data.dataset,
+        "method": cfg.method.name,
+        "loss": cfg.loss.name,
+        "dataset": cfg.data.dataset,
         "role": "baseline" if cfg.method.name == "supervised" else "method",
-        "git_commit": tracking.git_commit(), "distcl_version": __version__,
+        "git_commit": tracking.git_commit(),
+        "distcl_version": __version__,
         "world_size": cfg.train.num_workers,
     }
     experiment = cfg.tracking.experiment or f"distcl-{cfg.data.dataset}"
@@ -114,8 +121,12 @@ def fit(cfg: Config, *, resume: bool = False, summary_json: str | None = None) -
     name = _run_dir_name(cfg, storage, resume)
     logger = _open_tracking(cfg, uri, storage, name, data) if cfg.tracking.enabled else None
     ensure_ray()
-    loop_cfg = {"config": cfg.to_flat(), **data, "tracking_uri": uri,
-                "mlflow_run_id": logger.run_id if logger else ""}
+    loop_cfg = {
+        "config": cfg.to_flat(),
+        **data,
+        "tracking_uri": uri,
+        "mlflow_run_id": logger.run_id if logger else "",
+    }
     t0 = time.perf_counter()
     try:
         result = run_trainer(cfg, loop_cfg, storage, name)
@@ -127,9 +138,13 @@ def fit(cfg: Config, *, resume: bool = False, summary_json: str | None = None) -
     with result.checkpoint.as_directory() as ckpt_dir:
         state = checkpoint.load(ckpt_dir)
     results = final_evaluation(cfg, state, data, logger)
-    summary = {**results, "mlflow_run_id": logger.run_id if logger else "",
-               "train_time_s": train_s, "run_dir": f"{storage}/{name}",
-               "checkpoint": result.checkpoint.path}
+    summary = {
+        **results,
+        "mlflow_run_id": logger.run_id if logger else "",
+        "train_time_s": train_s,
+        "run_dir": f"{storage}/{name}",
+        "checkpoint": result.checkpoint.path,
+    }
     if logger:
         logger.log_text(json.dumps(summary, indent=1), "summary.json")
         logger.end("FINISHED")

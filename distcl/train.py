@@ -96,8 +96,11 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     model = to_channels_last(model, cfg.train.channels_last)
     model = maybe_sync_batchnorm(model, cfg.train.sync_bn)
     optimizer = build_optimizer(
-        cfg.optim.name, param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
-        momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
+        cfg.optim.name,
+        param_groups(model, cfg.optim.weight_decay),
+        lr=cfg.optim.lr,
+        momentum=cfg.optim.momentum,
+        weight_decay=cfg.optim.weight_decay,
         trust_coefficient=cfg.optim.trust_coefficient,
     )
     start_epoch, step = 0, 0
@@ -111,13 +114,28 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
             print(f"distcl: resumed at epoch {start_epoch}, step {step}", flush=True)
     # Gradient caching re-runs the encoder per chunk, so it averages gradients itself once per
     # step instead of letting DDP all-reduce after every chunk.
-    ddp = model if chunk or world == 1 else ray.train.torch.prepare_model(
-        model, move_to_device=False, parallel_strategy="ddp")
-    spec = ViewSpec(cfg.data.resolution, cfg.data.crop_scale_min, cfg.data.jitter,
-                    cfg.data.jitter_p, cfg.data.preset)
-    loader = train_loader(loop_cfg["train_path"], batch_size=local_batch, views=cfg.data.views,
-                          spec=spec, seed=cfg.train.seed, distributed=world > 1,
-                          num_workers=loader_workers, epoch=start_epoch)
+    ddp = (
+        model
+        if chunk or world == 1
+        else ray.train.torch.prepare_model(model, move_to_device=False, parallel_strategy="ddp")
+    )
+    spec = ViewSpec(
+        cfg.data.resolution,
+        cfg.data.crop_scale_min,
+        cfg.data.jitter,
+        cfg.data.jitter_p,
+        cfg.data.preset,
+    )
+    loader = train_loader(
+        loop_cfg["train_path"],
+        batch_size=local_batch,
+        views=cfg.data.views,
+        spec=spec,
+        seed=cfg.train.seed,
+        distributed=world > 1,
+        num_workers=loader_workers,
+        epoch=start_epoch,
+    )
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * cfg.train.epochs
     peak_lr = scaled_lr(cfg.optim.lr, cfg.train.global_batch, cfg.optim.lr_scaling)
@@ -146,8 +164,13 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
             views, labels = split_batch(batch)
             views = [to_float(v, meta["channels"], device) for v in views]
             labels = labels.to(device)
-            lr = lr_at(step, peak_lr=peak_lr, warmup_steps=warmup, total_steps=total_steps,
-                       final_lr=cfg.optim.final_lr)
+            lr = lr_at(
+                step,
+                peak_lr=peak_lr,
+                warmup_steps=warmup,
+                total_steps=total_steps,
+                final_lr=cfg.optim.final_lr,
+            )
             set_lr(optimizer, lr)
             optimizer.zero_grad(set_to_none=True)
             if chunk:
@@ -160,8 +183,11 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
                 skipped += 1
                 if skipped > cfg.train.skip_nonfinite:
                     raise NonFiniteLossError(_nonfinite_message(cfg, step, loss.item(), lr))
-                print(f"distcl: skipping non-finite step {step} ({skipped}/"
-                      f"{cfg.train.skip_nonfinite})", flush=True)
+                print(
+                    f"distcl: skipping non-finite step {step} ({skipped}/"
+                    f"{cfg.train.skip_nonfinite})",
+                    flush=True,
+                )
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 t_data = time.perf_counter()
@@ -191,9 +217,14 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         every = cfg.eval.knn_every
         if (every and (epoch + 1) % every == 0) or epoch + 1 == cfg.train.epochs:
             metrics["knn_acc"] = knn_monitor(
-                model.encoder, loop_cfg["train_eval_path"], loop_cfg["test_path"],
-                k=cfg.eval.knn_k, channels=meta["channels"], device=device,
-                bank_size=cfg.eval.knn_train_images, use_bf16=use_bf16,
+                model.encoder,
+                loop_cfg["train_eval_path"],
+                loop_cfg["test_path"],
+                k=cfg.eval.knn_k,
+                channels=meta["channels"],
+                device=device,
+                bank_size=cfg.eval.knn_train_images,
+                use_bf16=use_bf16,
             )
         # Log before the checkpoint is reported, and never twice: a restart may re-run an epoch
         # whose checkpoint was not registered, but its MLflow step is already there.
@@ -201,8 +232,11 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
             logger.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
             logged.add(epoch + 1)
         if rank == 0:
-            print(f"distcl: epoch {epoch + 1}/{cfg.train.epochs} " + " ".join(
-                f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"), flush=True)
+            print(
+                f"distcl: epoch {epoch + 1}/{cfg.train.epochs} "
+                + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"),
+                flush=True,
+            )
         _report(cfg, model, optimizer, epoch, step, metrics, loop_cfg, rank)
 
 
@@ -213,8 +247,15 @@ def _gradcache_backward(model, views, labels, chunk, device, use_bf16) -> torch.
         with autocast(device, use_bf16):
             return model.embed(x)
 
-    return gradcache_step(encode, model.loss_from_embeddings, views, labels, chunk,
-                          no_sync=contextlib.nullcontext, bn_module=model)
+    return gradcache_step(
+        encode,
+        model.loss_from_embeddings,
+        views,
+        labels,
+        chunk,
+        no_sync=contextlib.nullcontext,
+        bn_module=model,
+    )
 
 
 def _report(cfg, model, optimizer, epoch, step, metrics, loop_cfg, rank) -> None:
@@ -238,8 +279,13 @@ def _report(cfg, model, optimizer, epoch, step, metrics, loop_cfg, rank) -> None
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def run_trainer(cfg: Config, loop_cfg: dict[str, Any], storage_path: str, name: str,
-                callbacks: list | None = None):
+def run_trainer(
+    cfg: Config,
+    loop_cfg: dict[str, Any],
+    storage_path: str,
+    name: str,
+    callbacks: list | None = None,
+):
     """Build and fit the TorchTrainer; returns Ray's Result. `callbacks` go to RunConfig
     (a Tune trial passes `TuneReportCallback()` so ASHA sees every epoch's report)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -250,12 +296,14 @@ def run_trainer(cfg: Config, loop_cfg: dict[str, Any], storage_path: str, name: 
         train_loop_config=loop_cfg,
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+            num_workers=cfg.train.num_workers,
+            use_gpu=cfg.train.use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker},
             placement_strategy=cfg.train.placement_strategy,
         ),
         run_config=RunConfig(
-            name=name, storage_path=storage_path,
+            name=name,
+            storage_path=storage_path,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             callbacks=callbacks or None,

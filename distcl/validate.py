@@ -98,7 +98,9 @@ def validate(cfg: Config) -> None:
     _choice("train.placement_strategy", t.placement_strategy, PLACEMENTS, e)
     _choice("train.precision", t.precision, PRECISIONS, e)
     if t.chunk_size < 0 or t.max_failures < 0 or t.skip_nonfinite < 0 or t.keep_checkpoints < 1:
-        e.append("train.chunk_size, max_failures, skip_nonfinite must be >= 0; keep_checkpoints >= 1")
+        e.append(
+            "train.chunk_size, max_failures, skip_nonfinite must be >= 0; keep_checkpoints >= 1"
+        )
     if t.global_batch > 0 and t.num_workers > 0:
         per_worker = t.global_batch // t.num_workers
         if t.global_batch % t.num_workers:
@@ -116,8 +118,10 @@ def validate(cfg: Config) -> None:
                 f"{lo_b + step}, or a chunk_size that divides {per_worker}"
             )
     if t.chunk_size and cfg.method.name not in ("simclr", "supcon"):
-        e.append(f"train.chunk_size (gradient caching) works with method.name=simclr or supcon, "
-                 f"not {cfg.method.name}; set train.chunk_size=0")
+        e.append(
+            f"train.chunk_size (gradient caching) works with method.name=simclr or supcon, "
+            f"not {cfg.method.name}; set train.chunk_size=0"
+        )
     _positive("eval.knn_k", ev.knn_k, e)
     if ev.knn_every < 0:
         e.append(f"eval.knn_every must be >= 0, got {ev.knn_every}")

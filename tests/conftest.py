@@ -75,8 +75,13 @@ def ray_session():
     """One local Ray instance (2 CPUs, loopback) for the whole test session."""
     import ray
 
-    ctx = ray.init(num_cpus=2, dashboard_host="127.0.0.1", include_dashboard=True,
-                   log_to_driver=True, configure_logging=False)
+    ctx = ray.init(
+        num_cpus=2,
+        dashboard_host="127.0.0.1",
+        include_dashboard=True,
+        log_to_driver=True,
+        configure_logging=False,
+    )
     node = ray._private.worker._global_node
     pids = [p.process.pid for procs in node.all_processes.values() for p in procs]
     yield ctx
@@ -93,9 +98,20 @@ def mlflow_server(tmp_path_factory):
     """A real `mlflow server` on 127.0.0.1 with a SQLite store; yields its http:// URI."""
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    cmd = [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri",
-           f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "artifacts"),
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd = [
+        str(VENV_BIN / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{root}/mlflow.db",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     log = open(root / "server.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"

@@ -28,8 +28,10 @@ def _drop_sidecar(betons: Path) -> None:
 def _foreign(betons: Path) -> None:
     """A valid .beton (with its sidecar) of another split, under the train file's name."""
     for suffix in ("", ".json"):
-        shutil.copy(betons / f"fashion_mnist-test.beton{suffix}",
-                    betons / f"fashion_mnist-train.beton{suffix}")
+        shutil.copy(
+            betons / f"fashion_mnist-test.beton{suffix}",
+            betons / f"fashion_mnist-train.beton{suffix}",
+        )
 
 
 CASES = [
@@ -56,7 +58,10 @@ CASES = [
     (["train.num_workers=64"], "needs 64 CPUs, but this machine has"),
     (["train.use_gpu=true", "train.num_workers=1"], "GPUs, but 0 are visible"),
     (["tracking.uri=http://127.0.0.1:9"], "tracking server http://127.0.0.1:9 is unreachable"),
-    (["train.storage_path=/proc/distcl-runs"], "train.storage_path=/proc/distcl-runs is not writable"),
+    (
+        ["train.storage_path=/proc/distcl-runs"],
+        "train.storage_path=/proc/distcl-runs is not writable",
+    ),
     (["data.resolution=64"], "data.resolution=64 is larger than the stored images (28 px"),
     (["method.name=byol", "train.chunk_size=64"], "train.chunk_size (gradient caching) works"),
     (["--config", "no_such_preset"], "unknown preset 'no_such_preset'"),
@@ -68,8 +73,9 @@ CASES = [
 
 
 @pytest.mark.parametrize(("args", "fragment"), CASES, ids=[str(c[0]) for c in CASES])
-def test_bad_input_fails_fast_with_clear_message(args, fragment, tiny_betons, fmnist_root,
-                                                 tmp_path, monkeypatch, capsys):
+def test_bad_input_fails_fast_with_clear_message(
+    args, fragment, tiny_betons, fmnist_root, tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     betons = tmp_path / "betons"
     shutil.copytree(tiny_betons, betons)
@@ -80,7 +86,8 @@ def test_bad_input_fails_fast_with_clear_message(args, fragment, tiny_betons, fm
             root = tmp_path / "no-dataset-here"
         else:
             {"truncate": _truncate, "drop_sidecar": _drop_sidecar, "foreign": _foreign}[args](
-                betons)
+                betons
+            )
         args = []
     before = _files(tmp_path)
     code = cli.main(["train", *args, f"data.beton_dir={betons}", f"data.root={root}"])

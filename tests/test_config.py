@@ -18,8 +18,15 @@ def test_default_preset_loads_and_round_trips():
 
 
 def test_overrides_are_typed():
-    cfg = config.load(None, ["train.epochs=3", "loss.temperature=0.5", "train.use_gpu=false",
-                             "tracking.uri=sqlite:///x.db"])
+    cfg = config.load(
+        None,
+        [
+            "train.epochs=3",
+            "loss.temperature=0.5",
+            "train.use_gpu=false",
+            "tracking.uri=sqlite:///x.db",
+        ],
+    )
     assert cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int)
     assert cfg.loss.temperature == 0.5
     assert cfg.train.use_gpu is False

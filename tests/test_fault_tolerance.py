@@ -22,11 +22,22 @@ EPOCHS = 4
 
 
 def _cfg(betons: Path, tmp: Path, name: str, epochs: int = EPOCHS, batch: int = 64):
-    return config.load(None, tiny_overrides(
-        betons, tmp, f"train.epochs={epochs}", "train.max_failures=1", f"train.global_batch={batch}",
-        "eval.knn_every=0", "eval.baselines=false", "eval.probe=false", "train.keep_checkpoints=3",
-        f"train.run_name={name}", "train.seed=7",
-    ))
+    return config.load(
+        None,
+        tiny_overrides(
+            betons,
+            tmp,
+            f"train.epochs={epochs}",
+            "train.max_failures=1",
+            f"train.global_batch={batch}",
+            "eval.knn_every=0",
+            "eval.baselines=false",
+            "eval.probe=false",
+            "train.keep_checkpoints=3",
+            f"train.run_name={name}",
+            "train.seed=7",
+        ),
+    )
 
 
 def _checkpoints(storage: Path) -> list[Path]:
@@ -37,8 +48,10 @@ def _kill_one_worker(ray_ctx) -> int:
     """SIGKILL one live training worker, found by its pid through Ray's state API."""
     from ray.util.state import list_actors
 
-    actors = list_actors(address=f"http://{ray_ctx.dashboard_url}",
-                         filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    actors = list_actors(
+        address=f"http://{ray_ctx.dashboard_url}",
+        filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+    )
     assert actors, "no live training worker to kill (the run ended too early)"
     pid = actors[0]["pid"]
     os.kill(pid, signal.SIGKILL)
@@ -85,8 +98,9 @@ def _final_loss(tmp: Path, run_id: str) -> float:
     return max(client.get_metric_history(run_id, "loss"), key=lambda m: m.step).value
 
 
-def test_killed_worker_resumes_without_lost_or_duplicated_epochs(ray_session, tiny_betons,
-                                                                 tmp_path):
+def test_killed_worker_resumes_without_lost_or_duplicated_epochs(
+    ray_session, tiny_betons, tmp_path
+):
     from distcl.driver import fit
 
     clean = fit(_cfg(tiny_betons, tmp_path / "clean", "clean"))
@@ -106,8 +120,9 @@ def test_killed_worker_resumes_without_lost_or_duplicated_epochs(ray_session, ti
     assert abs(killed_loss - clean_loss) / clean_loss < 0.1, (killed_loss, clean_loss)
 
 
-def test_corrupt_latest_checkpoint_falls_back_to_previous(ray_session, tiny_betons, tmp_path,
-                                                          capfd):
+def test_corrupt_latest_checkpoint_falls_back_to_previous(
+    ray_session, tiny_betons, tmp_path, capfd
+):
     storage = tmp_path / "runs"
     # Small batches and spare epochs keep the run going while the test corrupts and kills.
     thread, out = _fit_in_thread(_cfg(tiny_betons, tmp_path, "corrupt", epochs=5, batch=16))

@@ -14,9 +14,16 @@ pytestmark = pytest.mark.slow
 
 def tiny_overrides(betons: Path, tmp: Path, *extra: str) -> list[str]:
     return [
-        f"data.beton_dir={betons}", "model.width=8", "model.proj_hidden=64", "model.proj_dim=32",
-        "train.global_batch=128", "train.epochs=1", "eval.knn_every=1", "eval.knn_train_images=0",
-        f"train.storage_path={tmp / 'runs'}", f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
+        f"data.beton_dir={betons}",
+        "model.width=8",
+        "model.proj_hidden=64",
+        "model.proj_dim=32",
+        "train.global_batch=128",
+        "train.epochs=1",
+        "eval.knn_every=1",
+        "eval.knn_train_images=0",
+        f"train.storage_path={tmp / 'runs'}",
+        f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
         *extra,
     ]
 

@@ -73,8 +73,16 @@ def check_meta(path: Path, dataset: str, split: str) -> dict:
     return meta
 
 
-def write_beton(source, path: Path, *, write_mode: str = "raw", max_resolution: int = 0,
-                jpeg_quality: int = 90, num_workers: int = 1, max_images: int = 0) -> dict:
+def write_beton(
+    source,
+    path: Path,
+    *,
+    write_mode: str = "raw",
+    max_resolution: int = 0,
+    jpeg_quality: int = 90,
+    num_workers: int = 1,
+    max_images: int = 0,
+) -> dict:
     """Write `source` to `path` atomically (temp file, then rename) with a progress bar.
 
     Images are stored as RGB (grey images replicated to 3 channels, since FFCV's image field is
@@ -87,8 +95,9 @@ def write_beton(source, path: Path, *, write_mode: str = "raw", max_resolution: 
     path.parent.mkdir(parents=True, exist_ok=True)
     n = min(len(source), max_images) if max_images else len(source)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    field = RGBImageField(write_mode=write_mode, max_resolution=max_resolution or None,
-                          jpeg_quality=jpeg_quality)
+    field = RGBImageField(
+        write_mode=write_mode, max_resolution=max_resolution or None, jpeg_quality=jpeg_quality
+    )
     writer = DatasetWriter(str(tmp), {"image": field, "label": IntField()}, num_workers=num_workers)
     try:
         writer.from_indexed_dataset(_RGBView(source, n), chunksize=256)
@@ -130,8 +139,17 @@ class _RGBView:
         return np.ascontiguousarray(image), int(label)
 
 
-def prepare(dataset: str, split: str, *, root: str = "", out: str = "data", force: bool = False,
-            max_images: int = 0, rebuild_invalid: bool = True, **write_kw) -> tuple[Path, dict, bool]:
+def prepare(
+    dataset: str,
+    split: str,
+    *,
+    root: str = "",
+    out: str = "data",
+    force: bool = False,
+    max_images: int = 0,
+    rebuild_invalid: bool = True,
+    **write_kw,
+) -> tuple[Path, dict, bool]:
     """Write the `.beton` for one split unless a valid one exists. Returns (path, meta, written).
 
     An existing but invalid file is rewritten when `rebuild_invalid` (what `distcl prepare`

@@ -66,8 +66,17 @@ def _label_pipeline():
     return [IntDecoder(), ToTensor(), Squeeze()]
 
 
-def train_loader(path: str | Path, *, batch_size: int, views: int, spec: ViewSpec, seed: int,
-                 distributed: bool, num_workers: int, epoch: int = 0):
+def train_loader(
+    path: str | Path,
+    *,
+    batch_size: int,
+    views: int,
+    spec: ViewSpec,
+    seed: int,
+    distributed: bool,
+    num_workers: int,
+    epoch: int = 0,
+):
     """Random-order loader of `views` augmented views; `batch_size` is per rank.
 
     Build it inside the worker after the process group exists; every rank passes the same seed,
@@ -81,9 +90,17 @@ def train_loader(path: str | Path, *, batch_size: int, views: int, spec: ViewSpe
     pipelines = {"image": ops[0] + _tensor_tail(), "label": _label_pipeline()}
     for v in range(1, views):
         pipelines[f"image_v{v + 1}"] = PipelineSpec("image", transforms=ops[v] + _tensor_tail())
-    loader = Loader(str(path), batch_size=batch_size, num_workers=num_workers,
-                    order=OrderOption.RANDOM, distributed=distributed, seed=seed,
-                    pipelines=pipelines, drop_last=True, batches_ahead=2)
+    loader = Loader(
+        str(path),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        order=OrderOption.RANDOM,
+        distributed=distributed,
+        seed=seed,
+        pipelines=pipelines,
+        drop_last=True,
+        batches_ahead=2,
+    )
     loader.next_epoch = epoch
     if len(loader) == 0:
         raise DataError(
@@ -93,17 +110,25 @@ def train_loader(path: str | Path, *, batch_size: int, views: int, spec: ViewSpe
     return loader
 
 
-def eval_loader(path: str | Path, *, batch_size: int, num_workers: int,
-                indices: np.ndarray | None = None):
+def eval_loader(
+    path: str | Path, *, batch_size: int, num_workers: int, indices: np.ndarray | None = None
+):
     """Sequential, un-augmented loader yielding `(image uint8 B x 3 x H x W, label)`."""
     from ffcv.fields.rgb_image import SimpleRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
 
     read_meta(Path(path))
     pipelines = {"image": [SimpleRGBImageDecoder(), *_tensor_tail()], "label": _label_pipeline()}
-    return Loader(str(path), batch_size=batch_size, num_workers=num_workers,
-                  order=OrderOption.SEQUENTIAL, indices=indices, pipelines=pipelines,
-                  drop_last=False, batches_ahead=2)
+    return Loader(
+        str(path),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        order=OrderOption.SEQUENTIAL,
+        indices=indices,
+        pipelines=pipelines,
+        drop_last=False,
+        batches_ahead=2,
+    )
 
 
 def split_batch(batch) -> tuple[list[torch.Tensor], torch.Tensor]:
