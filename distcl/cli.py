@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "launch", help="submit distcl train to a Ray cluster (see distcl launch -h)", add_help=False
     )
+    for name, text in (
+        ("eval", "evaluate a finished run's encoder again (see distcl eval -h)"),
+        ("compare", "tabulate runs against their baselines (see distcl compare -h)"),
+        ("sweep", "Ray Tune sweep over a tune/*.yaml space (see distcl sweep -h)"),
+    ):
+        sub.add_parser(name, help=text, add_help=False)
     return parser
 
 
