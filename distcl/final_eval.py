@@ -87,7 +87,7 @@ def fine_tune(
     fraction: float = 0.0,
     num_workers: int = 1,
 ) -> SemiResult:
-    """Fine-tune a copy of `encoder` + a linear head on the labelled subset `indices`, score on test.
+    """Fine-tune a copy of `encoder` + a linear head on the labelled `indices`; score on test.
 
     The head starts from an L-BFGS probe on the subset's frozen features (so the first steps do
     not push random-head gradients into the encoder), then encoder and head train together on
@@ -95,8 +95,9 @@ def fine_tune(
     steps capped at SEMI_MAX_EPOCHS epochs of the subset. Two departures from SimCLR, for small
     CPU batches: batch-norm statistics stay frozen (affine weights train), and AdamW replaces
     Nesterov SGD, whose steps at lr 0.05 x B/256 sent a probe-initialised small CNN from 64% to
-    chance on 10% of 2048 Fashion-MNIST images (the standardising head scales its gradients). The subset's images are
-    held in memory as floats: fine for 1-10% of CIFAR/Fashion-MNIST-sized sets, not of ImageNet.
+    chance on 10% of 2048 Fashion-MNIST images (the standardising head scales its gradients).
+    The subset's images are held in memory as floats: fine for 1-10% of CIFAR/Fashion-MNIST-sized
+    sets, not of ImageNet.
     """
     cpu = torch.device("cpu")
     model_enc = copy.deepcopy(encoder).to(cpu)

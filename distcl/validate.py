@@ -123,6 +123,9 @@ def validate(cfg: Config) -> None:
             f"not {cfg.method.name}; set train.chunk_size=0"
         )
     _positive("eval.knn_k", ev.knn_k, e)
+    if ev.semi_steps < 0 or ev.tsne_points < 0:
+        e.append("eval.semi_steps and eval.tsne_points must be >= 0 (0 turns them off)")
+    _positive("tracking.system_metrics_interval", cfg.tracking.system_metrics_interval, e)
     if ev.knn_every < 0:
         e.append(f"eval.knn_every must be >= 0, got {ev.knn_every}")
     if e:

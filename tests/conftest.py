@@ -115,7 +115,7 @@ def mlflow_server(tmp_path_factory):
     log = open(root / "server.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
+    deadline = time.time() + 180  # slow to start on a loaded 2-core machine
     while time.time() < deadline:
         try:
             urllib.request.urlopen(uri + "/health", timeout=2)
@@ -126,7 +126,7 @@ def mlflow_server(tmp_path_factory):
             time.sleep(0.5)
     else:
         os.killpg(proc.pid, signal.SIGKILL)
-        raise RuntimeError("mlflow server did not become healthy in 90 s")
+        raise RuntimeError("mlflow server did not become healthy in 180 s")
     yield uri
     os.killpg(proc.pid, signal.SIGTERM)  # the server and its gunicorn/uvicorn children
     try:

@@ -59,6 +59,57 @@ def test_system_metrics_are_sampled_for_a_client_created_run(tmp_path):
     assert "system/system_memory_usage_megabytes" in metrics
 
 
+def test_baselines_come_from_disk_cache_then_from_mlflow(tiny_betons, tmp_path):
+    import shutil
+
+    for f in ("fashion_mnist-train.beton", "fashion_mnist-test.beton"):
+        for suffix in ("", ".json"):
+            shutil.copy(tiny_betons / (f + suffix), tmp_path / (f + suffix))
+    cfg = config.load(None, [f"data.beton_dir={tmp_path}", "eval.knn_k=5"])
+    data = {
+        "train_eval_path": str(tmp_path / "fashion_mnist-train.beton"),
+        "test_path": str(tmp_path / "fashion_mnist-test.beton"),
+        "meta": {"channels": 1},
+    }
+    first = baselines.raw_pixels(cfg, data, "", "")  # no tracking: computed, cached on disk
+    assert first.source == "computed" and 0 <= first.metrics["linear_acc"] <= 1
+    uri = f"sqlite:///{tmp_path}/fresh/mlflow.db"
+    (tmp_path / "fresh").mkdir()
+    logged = baselines.raw_pixels(cfg, data, uri, "exp")  # fresh store: no recompute
+    assert logged.source == "disk cache" and logged.metrics == first.metrics and logged.run_id
+    again = baselines.raw_pixels(cfg, data, uri, "exp")
+    assert (again.source, again.run_id) == ("mlflow", logged.run_id)
+    assert again.metrics["linear_acc"] == first.metrics["linear_acc"]
+    other_k = config.load(None, [f"data.beton_dir={tmp_path}", "eval.knn_k=7"])
+    assert baselines.raw_pixels(other_k, data, "", "").source == "computed"  # the key changed
+
+
+def test_supervised_baseline_is_looked_up_by_arch_and_split(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = config.load(None, ["model.width=16"])
+    data = {
+        "train_eval_path": "d/fashion_mnist-train.beton",
+        "test_path": "d/fashion_mnist-test.beton",
+    }
+    tags = {
+        "role": "baseline",
+        "baseline": "supervised",
+        "method": "supervised",
+        "dataset": "fashion_mnist",
+        **baselines.split_tags(data),
+    }
+    for arch, acc in (("small_cnn-w16", 0.91), ("small_cnn-w32", 0.93)):
+        logger = tracking.start_run(
+            uri, EXP, "sup", {}, {**tags, "arch": arch}, system_metrics=False
+        )
+        logger.log_metrics({"linear_acc": acc, "knn_acc": acc - 0.01}, step=1)
+        logger.end("FINISHED")
+    found = baselines.supervised(cfg, data, uri, EXP)
+    assert found.metrics == {"linear_acc": 0.91, "knn_acc": pytest.approx(0.90)}
+    other = config.load(None, ["model.width=8"])
+    assert baselines.supervised(other, data, uri, EXP) is None
+
+
 @pytest.fixture(scope="module")
 def server_fit(ray_session, tiny_betons, mlflow_server, tmp_path_factory):
     from distcl.driver import fit

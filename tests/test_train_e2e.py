@@ -21,6 +21,8 @@ def tiny_overrides(betons: Path, tmp: Path, *extra: str) -> list[str]:
         "train.global_batch=128",
         "train.epochs=1",
         "eval.knn_every=1",
+        "eval.semi_steps=5",
+        "eval.tsne_points=100",
         "eval.knn_train_images=0",
         f"train.storage_path={tmp / 'runs'}",
         f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
