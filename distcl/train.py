@@ -179,7 +179,19 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
                 with autocast(device, use_bf16):
                     loss = ddp(views, labels)
             # A host sync per step, needed to refuse a non-finite step before it poisons weights.
-            if not torch.isfinite(loss).item():
+            if torch.isfinite(loss).item():
+                if chunk:
+                    _average_gradients(params, world)
+                else:
+                    loss.backward()
+                if hasattr(model, "before_optimizer_step"):  # e.g. SwAV freezes its prototypes
+                    model.before_optimizer_step(epoch)
+                optimizer.step()
+                if hasattr(model, "after_optimizer_step"):  # e.g. EMA targets, prototype norms
+                    model.after_optimizer_step(step, total_steps)
+                loss_sum += loss.detach().double()
+                n_steps += 1
+            else:
                 skipped += 1
                 if skipped > cfg.train.skip_nonfinite:
                     raise NonFiniteLossError(_nonfinite_message(cfg, step, loss.item(), lr))
@@ -189,21 +201,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
                     flush=True,
                 )
                 optimizer.zero_grad(set_to_none=True)
-                step += 1
-                t_data = time.perf_counter()
-                continue
-            if chunk:
-                _average_gradients(params, world)
-            else:
-                loss.backward()
-            if hasattr(model, "before_optimizer_step"):  # e.g. SwAV freezes its prototypes
-                model.before_optimizer_step(epoch)
-            optimizer.step()
-            if hasattr(model, "after_optimizer_step"):  # e.g. EMA targets, prototype norms
-                model.after_optimizer_step(step, total_steps)
-            loss_sum += loss.detach().double()
             step += 1
-            n_steps += 1
             t_data = time.perf_counter()
         elapsed = time.perf_counter() - t_epoch
         metrics = {
@@ -271,7 +269,7 @@ def _report(cfg, model, optimizer, epoch, step, metrics, loop_cfg, rank) -> None
         "rng": checkpoint.rng_state(),
         "seed": cfg.train.seed,
         "mlflow_run_id": loop_cfg.get("mlflow_run_id") or "",
-        "config": {k: v for k, v in cfg.to_flat().items()},
+        "config": cfg.to_flat(),
         "meta": loop_cfg["meta"],
     }
     with tempfile.TemporaryDirectory() as tmp:
