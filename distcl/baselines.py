@@ -47,7 +47,7 @@ def arch_key(cfg: Config) -> str:
     """What 'the same architecture' means: arch plus the settings that change the network."""
     m = cfg.model
     if m.arch == "small_cnn":
-        return f"small_cnn-w{m.width}"
+        return f"small_cnn-w{m.width}-b{m.blocks}-f{m.feat_dim or 8 * m.width}"
     return f"{m.arch}-{'cifar' if m.cifar_stem else 'imagenet'}-stem"
 
 
@@ -174,13 +174,17 @@ def raw_pixels(cfg: Config, data: dict[str, Any], uri: str, experiment: str) -> 
 
 def random_init(cfg: Config, data: dict[str, Any], uri: str, experiment: str) -> Baseline:
     from distcl.evaluate import extract_features
-    from distcl.models.encoders import build_encoder
+    from distcl.models.encoders import encoder_from_config
+    from distcl.precision import to_channels_last, use_bf16
 
     def compute() -> dict[str, float]:
         meta, m = data["meta"], cfg.model
         torch.manual_seed(cfg.train.seed)  # train.py seeds the same way before building
-        encoder = build_encoder(m.arch, meta["channels"], m.width, m.cifar_stem)
+        encoder = to_channels_last(
+            encoder_from_config(m, meta["channels"]), cfg.train.channels_last
+        )
         kw = {"channels": meta["channels"], "device": torch.device("cpu"), "num_workers": 2}
+        kw["use_bf16"] = use_bf16(cfg.train.precision, "cpu")  # as the trained encoder's probe
         tr_x, tr_y = extract_features(encoder, data["train_eval_path"], **kw)
         te_x, te_y = extract_features(encoder, data["test_path"], **kw)
         return frozen_metrics(tr_x, tr_y, te_x, te_y, cfg.eval.knn_k)

@@ -3,11 +3,13 @@
 A checkpoint holds everything a run needs to continue exactly: model and optimizer state, the
 epoch and global step (the LR schedule is a pure function of the step), RNG states, the loader
 seed and the MLflow run id. Only tensors, numbers, strings and containers go in, so
-`torch.load(..., weights_only=True)` can read it and a checkpoint cannot run code.
+`torch.load(..., weights_only=True)` can read it and a checkpoint cannot run code. A checkpoint
+that does not load is passed over for the newest older one that does (`load_with_fallback`).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import random
 from pathlib import Path
@@ -37,15 +39,34 @@ def save(directory: str | Path, state: dict[str, Any]) -> Path:
     return final
 
 
-def load(directory: str | Path) -> dict[str, Any]:
-    """Read `directory/state.pt` with `weights_only=True`, or raise CheckpointError naming it."""
-    path = Path(directory) / STATE_FILE
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+def load(directory: str | Path, filesystem: Any = None) -> dict[str, Any]:
+    """Read `directory/state.pt` with `weights_only=True`, or raise CheckpointError naming it.
+
+    `filesystem` is a Ray checkpoint's pyarrow filesystem (`Checkpoint.filesystem`), so a
+    checkpoint on S3 or GCS is read where it is; None reads a local path.
+    """
+    path = f"{str(directory).rstrip('/')}/{STATE_FILE}"
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        if filesystem is None:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        with filesystem.open_input_file(path) as f:
+            data = io.BytesIO(f.read())
+        return torch.load(data, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable: {exc}") from None
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or unreadable ({_reason(exc)})"
+        ) from None
+
+
+def _reason(exc: Exception) -> str:
+    """The first sentence of torch's error (its weights-only refusal is a paragraph whose cause
+    follows "WeightsUnpickler error:")."""
+    text = " ".join(str(exc).split())
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    return f"{type(exc).__name__}: {text.strip().split('. ')[0][:160]}".rstrip(": ")
 
 
 def rng_state() -> dict[str, Any]:
@@ -69,19 +90,36 @@ def encoder_state(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return {k[len("encoder.") :]: v for k, v in model_state.items() if k.startswith("encoder.")}
 
 
-def load_previous(latest: str | Path, error: Exception) -> tuple[dict[str, Any], Path]:
-    """After `latest` failed to load: the newest older sibling checkpoint that loads.
+def load_with_fallback(
+    latest: str | Path, filesystem: Any = None
+) -> tuple[dict[str, Any], str, list[CheckpointError]]:
+    """Load checkpoint `latest` or, when it does not load, the newest older one that does.
 
-    Ray names checkpoint folders `checkpoint_<timestamp>`, so name order is time order.
+    Returns (state, the directory it came from, the errors of the checkpoints passed over).
+    The older ones are the `checkpoint_<timestamp>` siblings of `latest` on its storage (local,
+    S3, GCS), so name order is time order. A folder Ray did not get to register before a crash
+    is either a complete state of the same run or fails to load and is passed over too.
     """
-    latest = Path(latest)
+    import pyarrow.fs
+
+    fs = filesystem or pyarrow.fs.LocalFileSystem()
+    latest = str(latest if filesystem else Path(latest).resolve())
+    parent, name = latest.rstrip("/").rsplit("/", 1)
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(parent, allow_not_found=True))
     older = sorted(
-        (p for p in latest.parent.glob("checkpoint_*") if p.is_dir() and p.name < latest.name),
+        (
+            i.base_name
+            for i in infos
+            if i.type == pyarrow.fs.FileType.Directory
+            and i.base_name.startswith("checkpoint_")
+            and i.base_name < name
+        ),
         reverse=True,
     )
-    for candidate in older:
+    skipped: list[CheckpointError] = []
+    for candidate in [f"{parent}/{name}", *(f"{parent}/{n}" for n in older)]:
         try:
-            return load(candidate), candidate
-        except CheckpointError:
-            continue
-    raise CheckpointError(f"{error}; and no older readable checkpoint in {latest.parent}")
+            return load(candidate, fs), candidate, skipped
+        except CheckpointError as exc:
+            skipped.append(exc)
+    raise CheckpointError("; ".join(map(str, skipped)) + f"; no readable checkpoint in {parent}")

@@ -23,6 +23,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
             root=args.root,
             out=args.out,
             force=args.force,
+            download=args.download,
             write_mode=args.write_mode,
             max_resolution=args.max_resolution,
             jpeg_quality=args.jpeg_quality,
@@ -63,14 +64,33 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="write .beton files for a dataset (once; reused if valid)")
-    p.add_argument("--dataset", default="fashion_mnist")
-    p.add_argument("--split", action="append", help="split(s) to write (default: train, test)")
-    p.add_argument("--root", default="", help="raw dataset folder (default: the usual place)")
+    p.add_argument(
+        "--dataset",
+        default="fashion_mnist",
+        help="fashion_mnist | cifar10 | cifar100 | stl10 | imagefolder | synthetic",
+    )
+    p.add_argument(
+        "--split",
+        action="append",
+        help="split(s) to write (default: train, test; stl10 also unlabeled, train+unlabeled)",
+    )
+    p.add_argument(
+        "--root", default="", help="raw dataset folder (default: the usual place, see README)"
+    )
     p.add_argument("--out", default="data", help="folder for the .beton files")
     p.add_argument("--force", action="store_true", help="rewrite even when a valid file exists")
-    p.add_argument("--write-mode", default="raw", choices=["raw", "jpg", "smart", "proportion"])
+    p.add_argument(
+        "--download", action="store_true", help="fetch missing CIFAR/STL-10 files into --root"
+    )
+    p.add_argument(
+        "--write-mode",
+        "--storage",
+        default="raw",
+        choices=["raw", "jpeg", "jpg", "smart", "proportion"],
+        help="image storage (data.storage in a config)",
+    )
     p.add_argument("--max-resolution", type=int, default=0, help="resize longer side (0 = keep)")
-    p.add_argument("--jpeg-quality", type=int, default=90)
+    p.add_argument("--jpeg-quality", type=int, default=90, help="for jpeg/smart/proportion")
     p.add_argument("--workers", type=int, default=2, help="writer processes")
     p.set_defaults(func=_cmd_prepare)
 

@@ -29,17 +29,22 @@ class DataConfig:
     dataset: str = (
         "fashion_mnist"  # fashion_mnist | cifar10 | cifar100 | stl10 | imagefolder | synthetic
     )
-    root: str = ""  # raw dataset folder; "" = the dataset's usual place (Debian package for FMNIST)
+    # raw files; "" = the usual place: Debian's Fashion-MNIST, <beton_dir>/raw for CIFAR/STL-10
+    root: str = ""  # (README "Datasets"); imagefolder needs root/<split>/<class>/*.jpg named
+    download: bool = False  # fetch missing CIFAR/STL-10 files into root (never unless asked)
     beton_dir: str = "data"  # where prepared .beton files live (shared storage on a cluster)
-    split: str = "train"  # split used for pre-training
+    storage: str = "raw"  # .beton image storage: raw | jpeg | smart | proportion (FFCV modes)
+    max_resolution: int = 0  # shrink stored images to this longer side (0 = keep; ImageNet: 256)
+    jpeg_quality: int = 90  # JPEG quality of jpeg/smart/proportion storage (FFCV default 90)
+    split: str = "train"  # pre-training split; stl10: also unlabeled | train+unlabeled
     resolution: int = 28  # output side of each view, in pixels
     views: int = 2  # augmented views per image (2 for SimCLR)
     preset: str = "auto"  # view-augmentation preset; auto picks from resolution and channels
     crop_scale_min: float = 0.2  # RandomResizedCrop lower scale (SimCLR: 0.08 for large images)
     jitter: float = 0.4  # brightness/contrast strength for grey images
     jitter_p: float = 0.8  # probability of applying jitter per image (SimCLR Appendix A)
-    loader: str = "ffcv"  # ffcv (the only loader so far)
-    loader_workers: int = 1  # data threads per training worker; follows Ray's CPUs when 0
+    loader: str = "ffcv"  # ffcv | torchvision (DataLoader over the raw files, much slower)
+    loader_workers: int = 1  # FFCV threads / DataLoader processes per worker; 0 = Ray's CPUs
     max_images: int = 0  # use only the first N training images (0 = all); for tests and demos
 
 
@@ -47,6 +52,8 @@ class DataConfig:
 class ModelConfig:
     arch: str = "small_cnn"  # small_cnn (CPU) | resnet18 | resnet50 (GPU presets)
     width: int = 32  # small_cnn: channels of the first conv, doubled per stage
+    blocks: int = 1  # small_cnn: residual blocks at the 2w stage
+    feat_dim: int = 0  # small_cnn: channels of the last conv = feature size (0 = 8 x width)
     cifar_stem: bool = True  # resnet: 3x3 stride-1 stem and no max-pool, for 32 px images
     proj_hidden: int = 512  # projection MLP hidden width (SimCLR: 2-layer MLP)
     proj_dim: int = 128  # embedding size fed to the loss (SimCLR: 128)
@@ -115,6 +122,7 @@ class TrainConfig:
     channels_last: bool = True  # channels_last memory format for conv nets
     sync_bn: bool = False  # SyncBatchNorm across workers (SimCLR's global BN)
     skip_nonfinite: int = 0  # tolerate up to K non-finite loss steps before failing
+    log_every: int = 50  # print and log rank 0's step loss every N steps (0 = epoch ends only)
 
 
 @dataclass(frozen=True)

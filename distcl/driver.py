@@ -22,9 +22,18 @@ RUN_FILE = "distcl_run.json"  # per run directory: the MLflow run id, so a resum
 def prepare_data(cfg: Config) -> dict[str, Any]:
     """Write (or reuse) the train and test `.beton`s; returns their paths and the dataset facts."""
     d = cfg.data
-    kw = {"root": d.root, "out": d.beton_dir, "rebuild_invalid": False}
+    kw = {
+        "root": d.root,
+        "out": d.beton_dir,
+        "rebuild_invalid": False,
+        "download": d.download,
+        "write_mode": d.storage,
+        "max_resolution": d.max_resolution,
+        "jpeg_quality": d.jpeg_quality,
+    }
     train_path, meta, _ = beton.prepare(d.dataset, d.split, max_images=d.max_images, **kw)
-    eval_split = "train" if d.split == "unlabeled" else d.split
+    # kNN bank and probe need labels: STL-10's unlabeled images have none
+    eval_split = "train" if "unlabeled" in d.split else d.split
     train_eval_path, _, _ = beton.prepare(d.dataset, eval_split, max_images=d.max_images, **kw)
     test_path, _, _ = beton.prepare(d.dataset, "test", **kw)
     if d.resolution > meta["resolution"]:
@@ -90,7 +99,11 @@ def _open_tracking(cfg: Config, uri: str, storage: str, name: str, data: dict):
     previous = _read_run_file(storage, name)
     if previous:
         print(f"distcl: continuing MLflow run {previous['mlflow_run_id']}")
-        return tracking.RunLogger(uri, previous["mlflow_run_id"])
+        logger = tracking.RunLogger(uri, previous["mlflow_run_id"])
+        logger.reopen()
+        if cfg.tracking.system_metrics:  # the monitor died with the driver it ran in
+            logger.start_system_metrics(cfg.tracking.system_metrics_interval)
+        return logger
     tags = {
         "method": cfg.method.name,
         "loss": cfg.loss.name,

@@ -9,9 +9,11 @@ encoder as an MLflow model.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +34,7 @@ from distcl.evaluate import (
     subset_hash,
     topk_accuracy,
 )
+from distcl.precision import to_channels_last, use_bf16
 
 SEMI_FRACTIONS = ((0.01, "1pct"), (0.1, "10pct"))  # SimCLR Table 7 label fractions
 CURVES = ("loss", "lr", "knn_acc", "images_per_s")  # per-epoch metrics drawn in curves.png
@@ -40,12 +43,12 @@ SEMI_MAX_EPOCHS = 60  # SimCLR fine-tunes 60 epochs on 1% of ImageNet (Appendix 
 
 def load_encoder(cfg: Config, state: dict, meta: dict) -> torch.nn.Module:
     """The trained encoder of a checkpoint state (keys `encoder.*` of the method)."""
-    from distcl.models.encoders import build_encoder
+    from distcl.models.encoders import encoder_from_config
 
     m = cfg.model
-    encoder = build_encoder(m.arch, meta["channels"], m.width, m.cifar_stem)
+    encoder = encoder_from_config(m, meta["channels"])
     encoder.load_state_dict(checkpoint.encoder_state(state["model"]))
-    return encoder.eval()
+    return to_channels_last(encoder, cfg.train.channels_last).eval()
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -175,6 +178,15 @@ def semi_supervised(
     return out
 
 
+@contextlib.contextmanager
+def _stage(name: str):
+    """Print what the evaluation is doing and how long it took: it runs minutes on a CPU."""
+    print(f"distcl: evaluation: {name} ...", flush=True)
+    t = time.perf_counter()
+    yield
+    print(f"distcl: evaluation: {name} done in {time.perf_counter() - t:.1f} s", flush=True)
+
+
 def final_evaluation(cfg: Config, state: dict, data: dict, logger=None) -> dict[str, Any]:
     """kNN, linear probe and semi-supervised accuracy of the trained encoder and its baselines,
     logged to the run (metrics at step = epochs, plots, encoder model)."""
@@ -182,14 +194,20 @@ def final_evaluation(cfg: Config, state: dict, data: dict, logger=None) -> dict[
 
     meta = data["meta"]
     encoder = load_encoder(cfg, state, meta)
+    # bf16 + channels_last where the run trained that way: ~2.6x the fp32 forward speed here.
+    bf16 = use_bf16(cfg.train.precision, "cpu")
     kw = {"channels": meta["channels"], "device": torch.device("cpu"), "num_workers": 2}
-    tr_x, tr_y = extract_features(encoder, data["train_eval_path"], **kw)  # N x F
-    te_x, te_y = extract_features(encoder, data["test_path"], **kw)  # M x F
-    out: dict[str, Any] = baselines.frozen_metrics(
-        tr_x, tr_y, te_x, te_y, cfg.eval.knn_k, cfg.eval.probe
-    )
+    kw["use_bf16"] = bf16
+    with _stage("features of the train and test splits"):
+        tr_x, tr_y = extract_features(encoder, data["train_eval_path"], **kw)  # N x F
+        te_x, te_y = extract_features(encoder, data["test_path"], **kw)  # M x F
+    with _stage("kNN" + (" and linear probe" if cfg.eval.probe else "")):
+        out: dict[str, Any] = baselines.frozen_metrics(
+            tr_x, tr_y, te_x, te_y, cfg.eval.knn_k, cfg.eval.probe
+        )
     if cfg.eval.semi:
-        out.update(semi_supervised(cfg, encoder, data, tr_y, logger))
+        with _stage("semi-supervised fine-tuning on 1% and 10% of the labels"):
+            out.update(semi_supervised(cfg, encoder, data, tr_y, logger))
     if logger is not None:
         logger.set_tags(
             {
@@ -201,14 +219,16 @@ def final_evaluation(cfg: Config, state: dict, data: dict, logger=None) -> dict[
     if cfg.eval.baselines:
         uri = logger.uri if logger is not None else ""
         experiment = cfg.tracking.experiment or f"distcl-{cfg.data.dataset}"
-        found = baselines.all_baselines(
-            cfg, data, uri, experiment, exclude_run=logger.run_id if logger else ""
-        )
+        with _stage("baselines (computed once per dataset and split, then reused)"):
+            found = baselines.all_baselines(
+                cfg, data, uri, experiment, exclude_run=logger.run_id if logger else ""
+            )
         out["baselines"] = {b.name: b.metrics for b in found}
         out["baseline_kinds"] = {b.name: b.kind for b in found}
     if logger is not None:
         log_results(cfg, out, logger)
-        log_artifacts(cfg, logger, encoder, data, te_x, te_y)
+        with _stage("plots and the encoder model to MLflow"):
+            log_artifacts(cfg, logger, encoder, data, te_x, te_y)
     return out
 
 

@@ -187,6 +187,7 @@ def build_runtime_env(args: argparse.Namespace) -> dict[str, Any]:
     if "working_dir" in env:
         env.setdefault("excludes", list(DEFAULT_EXCLUDES))
     env_vars = {k: os.environ[k] for k in PASSTHROUGH_ENV if os.environ.get(k)}
+    env_vars.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # else each worker line shows twice
     env_vars.update({str(k): str(v) for k, v in (env.get("env_vars") or {}).items()})
     for item in args.env:
         name, sep, value = item.partition("=")

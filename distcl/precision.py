@@ -153,3 +153,10 @@ def no_warnings_seen() -> Iterator[None]:
     finally:
         _warned.clear()
         _warned.update(saved)
+
+
+def use_bf16(precision: str, device: str | torch.device) -> bool:
+    """The run's bf16 decision from `train.precision`: auto = bf16 where `device` supports it."""
+    if precision == "fp32":
+        return False
+    return precision == "bf16" or bf16_supported(device)

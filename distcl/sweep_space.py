@@ -27,7 +27,17 @@ from distcl.config import ConfigError, build, flatten_yaml
 KINDS = ("loguniform", "uniform", "choice", "grid", "randint")
 SEARCHES = ("random", "grid", "optuna")
 # Keys that change which .beton files a trial reads: the driver prepares the data once.
-DATA_KEYS = ("data.dataset", "data.root", "data.beton_dir", "data.split", "data.max_images")
+DATA_KEYS = (
+    "data.dataset",
+    "data.root",
+    "data.download",
+    "data.beton_dir",
+    "data.storage",
+    "data.max_resolution",
+    "data.jpeg_quality",
+    "data.split",
+    "data.max_images",
+)
 MAX_CHECKED_COMBOS = 256  # categorical combinations validated one by one before the sweep
 
 

@@ -138,6 +138,10 @@ class RunLogger:
             self._monitor = None
         return self._monitor is not None
 
+    def reopen(self) -> None:
+        """Mark the run RUNNING again: a `--resume` continues a run that ended FAILED."""
+        self.client.update_run(self.run_id, status="RUNNING")
+
     def end(self, status: str = "FINISHED") -> None:
         if self._monitor is not None:
             self._monitor.finish()  # flushes the last samples while the run still accepts them

@@ -20,12 +20,13 @@ import torch
 
 from distcl import checkpoint, dist
 from distcl.config import Config, from_flat
-from distcl.data.loader import ViewSpec, split_batch, to_float, train_loader
+from distcl.data.loader import build_train_loader, split_batch, to_float
 from distcl.evaluate import knn_monitor
 from distcl.gradcache import gradcache_step
 from distcl.models.methods import build_method
 from distcl.optim import build_optimizer, lr_at, param_groups, scaled_lr, set_lr
-from distcl.precision import autocast, bf16_supported, maybe_sync_batchnorm, to_channels_last
+from distcl.precision import autocast, maybe_sync_batchnorm, to_channels_last
+from distcl.precision import use_bf16 as bf16_for
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -41,24 +42,24 @@ def _nonfinite_message(cfg: Config, step: int, loss: float, lr: float) -> str:
 
 
 def _use_bf16(cfg: Config, device: torch.device) -> bool:
-    if cfg.train.precision == "fp32":
-        return False
-    return cfg.train.precision == "bf16" or bf16_supported(device)
+    return bf16_for(cfg.train.precision, device)
 
 
 def _resume_state(rank: int) -> dict[str, Any] | None:
-    """The newest readable checkpoint of this run, falling back past corrupt ones."""
-    ckpt = ray.train.get_checkpoint()
+    """The state to resume from: Ray's latest registered checkpoint or, when that one does not
+    load, the newest older checkpoint of this run that does. Every rank follows rank 0's pick."""
+    ckpt = ray.train.get_checkpoint()  # the same after a worker restart and a driver --resume
     if ckpt is None:
         return None
-    try:
-        with ckpt.as_directory() as d:
-            return checkpoint.load(d)
-    except checkpoint.CheckpointError as exc:
-        state, used = checkpoint.load_previous(ckpt.path, exc)
-        if rank == 0:
-            print(f"distcl: WARNING {exc}; resuming from the previous checkpoint {used}")
-        return state
+    state, used, skipped = checkpoint.load_with_fallback(ckpt.path, ckpt.filesystem)
+    chosen = dist.broadcast_object(used)
+    if used != chosen:  # this rank read differently (a flaky remote read): load rank 0's pick
+        state = checkpoint.load(chosen, ckpt.filesystem)
+    if rank == 0 and skipped:
+        for exc in skipped:
+            print(f"distcl: WARNING {exc}; passing it over", flush=True)
+        print(f"distcl: WARNING resuming from the previous checkpoint {used}", flush=True)
+    return state
 
 
 def _worker_node_ids(device: torch.device) -> list[str]:
@@ -119,22 +120,15 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         if chunk or world == 1
         else ray.train.torch.prepare_model(model, move_to_device=False, parallel_strategy="ddp")
     )
-    spec = ViewSpec(
-        cfg.data.resolution,
-        cfg.data.crop_scale_min,
-        cfg.data.jitter,
-        cfg.data.jitter_p,
-        cfg.data.preset,
-    )
-    loader = train_loader(
+    loader = build_train_loader(  # FFCV, or the torchvision fallback (data.loader)
+        cfg.data,
         loop_cfg["train_path"],
         batch_size=local_batch,
-        views=cfg.data.views,
-        spec=spec,
         seed=cfg.train.seed,
-        distributed=world > 1,
         num_workers=loader_workers,
         epoch=start_epoch,
+        rank=rank,
+        world=world,
     )
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * cfg.train.epochs
@@ -142,7 +136,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     warmup = min(total_steps, int(cfg.optim.warmup_epochs * steps_per_epoch))
     use_bf16 = _use_bf16(cfg, device)
     node_ids = _worker_node_ids(device)
-    logger, logged = None, set()
+    logger, logged, last_logged_step = None, set(), 0
     if rank == 0:
         print(f"distcl: worker nodes: {' '.join(node_ids)}", flush=True)
         if loop_cfg.get("mlflow_run_id"):
@@ -151,8 +145,9 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
             logger = RunLogger(loop_cfg["tracking_uri"], loop_cfg["mlflow_run_id"])
             logger.set_tags({"worker_node_ids": ",".join(node_ids)})
             logged = {s for s, _ in logger.metric_history("loss")}  # epochs already in MLflow
+            last_logged_step = max((s for s, _ in logger.metric_history("step_loss")), default=0)
     params = [p for p in model.parameters() if p.requires_grad]
-    skipped, lr = 0, 0.0
+    skipped, lr, log_every = 0, 0.0, cfg.train.log_every
 
     for epoch in range(start_epoch, cfg.train.epochs):
         ddp.train()
@@ -202,6 +197,15 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
                 )
                 optimizer.zero_grad(set_to_none=True)
             step += 1
+            if rank == 0 and log_every and step % log_every == 0:
+                in_epoch = step - epoch * steps_per_epoch
+                print(
+                    f"distcl: epoch {epoch + 1}/{cfg.train.epochs} step {in_epoch}/"
+                    f"{steps_per_epoch} loss={float(loss):.4g} lr={lr:.3g}",
+                    flush=True,
+                )
+                if logger is not None and step > last_logged_step:  # a re-run step logs once
+                    logger.log_metrics({"step_loss": float(loss)}, step=step)
             t_data = time.perf_counter()
         elapsed = time.perf_counter() - t_epoch
         metrics = {
@@ -317,6 +321,9 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    # Train V2 re-routes worker prints to a logger AND the wrapped stdout, so each line reached
+    # the driver twice; local workers inherit this (cluster jobs get it from distcl launch).
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:

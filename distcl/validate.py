@@ -16,7 +16,18 @@ ARCHS = ("small_cnn", "resnet18", "resnet50")
 METHODS = ("simclr", "supcon", "supervised", "moco_v2", "moco_v3", "byol", "swav", "barlow")
 OPTIMIZERS = ("adamw", "sgd", "lars")
 LR_SCALING = ("none", "linear", "sqrt")
-LOADERS = ("ffcv",)  # a torchvision DataLoader fallback is planned (issue 4), not built yet
+# Splits each dataset's reader knows (distcl/data/sources.py); imagefolder: any sub-folder.
+SPLITS = {
+    "fashion_mnist": ("train", "test"),
+    "cifar10": ("train", "test"),
+    "cifar100": ("train", "test"),
+    "stl10": ("train", "test", "unlabeled", "train+unlabeled"),
+    "synthetic": ("train", "test"),
+}
+# ffcv: .beton files, compiled per-image augmentations; torchvision: a DataLoader over the raw
+# files with the same views and sharding, for machines where FFCV cannot be built (much slower)
+LOADERS = ("ffcv", "torchvision")
+STORAGE = ("raw", "jpeg", "jpg", "smart", "proportion")  # FFCV RGBImageField write modes
 PRECISIONS = ("auto", "bf16", "fp32")
 PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 DISTANCES = ("cosine", "euclidean")
@@ -70,11 +81,23 @@ def validate(cfg: Config) -> None:
         e.append(f"data.jitter_p must be a probability in [0, 1], got {d.jitter_p}")
     if d.jitter < 0:
         e.append(f"data.jitter must be >= 0, got {d.jitter}")
-    if d.loader_workers < 0 or d.max_images < 0:
-        e.append("data.loader_workers and data.max_images must be >= 0")
+    if d.loader_workers < 0 or d.max_images < 0 or d.max_resolution < 0:
+        e.append("data.loader_workers, data.max_images and data.max_resolution must be >= 0")
+    if d.dataset in SPLITS:
+        _choice("data.split", d.split, SPLITS[d.dataset], e)
+    elif not d.split or "/" in d.split:
+        e.append(f"data.split={d.split!r} must name a sub-folder of data.root (e.g. train)")
+    _choice("data.storage", d.storage, STORAGE, e)
+    if not 1 <= d.jpeg_quality <= 100:
+        e.append(f"data.jpeg_quality must be in 1..100, got {d.jpeg_quality} (FFCV default 90)")
     _choice("model.arch", m.arch, ARCHS, e)
     for key in ("width", "proj_hidden", "proj_dim"):
         _positive(f"model.{key}", getattr(m, key), e)
+    if m.blocks < 0 or m.feat_dim < 0:
+        e.append(
+            f"model.blocks={m.blocks} and model.feat_dim={m.feat_dim} must be >= 0 "
+            "(feat_dim=0 means 8 x model.width)"
+        )
     _choice("method.name", cfg.method.name, _method_names(), e)
     _choice("loss.name", lo.name, _loss_names(), e)
     _positive("loss.temperature", lo.temperature, e, "try 0.1 to 0.5")
@@ -82,8 +105,14 @@ def validate(cfg: Config) -> None:
     _choice("loss.mining", lo.mining, MINING, e)
     if lo.margin < 0 or lo.neg_margin < 0 or lo.pos_margin < 0 or lo.l2_reg < 0:
         e.append("loss.margin, loss.pos_margin, loss.neg_margin and loss.l2_reg must be >= 0")
-    if lo.name in _label_losses() and d.dataset == "stl10" and d.split == "unlabeled":
-        e.append(f"loss.name={lo.name} needs class labels, but data.split=unlabeled has none")
+    if d.dataset == "stl10" and "unlabeled" in d.split:  # labels -1 (distcl.data.native)
+        if lo.name in _label_losses():
+            e.append(f"loss.name={lo.name} needs class labels, but data.split={d.split} has none")
+        if cfg.method.name in ("supcon", "supervised"):
+            e.append(
+                f"method.name={cfg.method.name} needs class labels, but data.split={d.split} "
+                "has none (use data.split=train)"
+            )
     _choice("optim.name", o.name, OPTIMIZERS, e)
     _choice("optim.lr_scaling", o.lr_scaling, LR_SCALING, e)
     _positive("optim.lr", o.lr, e, "try 1e-3 for adamw, 0.3 for lars with linear scaling")
@@ -97,10 +126,11 @@ def validate(cfg: Config) -> None:
     _positive("train.cpus_per_worker", t.cpus_per_worker, e)
     _choice("train.placement_strategy", t.placement_strategy, PLACEMENTS, e)
     _choice("train.precision", t.precision, PRECISIONS, e)
-    if t.chunk_size < 0 or t.max_failures < 0 or t.skip_nonfinite < 0 or t.keep_checkpoints < 1:
-        e.append(
-            "train.chunk_size, max_failures, skip_nonfinite must be >= 0; keep_checkpoints >= 1"
-        )
+    for key in ("chunk_size", "max_failures", "skip_nonfinite", "log_every"):
+        if getattr(t, key) < 0:
+            e.append(f"train.{key}={getattr(t, key)} is negative; it must be >= 0")
+    if t.keep_checkpoints < 1:
+        e.append(f"train.keep_checkpoints={t.keep_checkpoints}: keep at least 1 checkpoint")
     if t.global_batch > 0 and t.num_workers > 0:
         per_worker = t.global_batch // t.num_workers
         if t.global_batch % t.num_workers:

@@ -231,7 +231,11 @@ def test_arguments_become_a_quoted_train_command_and_runtime_env(capsys, monkeyp
         "data.root=/data/a b",
     ]
     assert spec["runtime_env"] == {
-        "env_vars": {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "EXTRA": "1"}
+        "env_vars": {
+            "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+            "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+            "EXTRA": "1",
+        }
     }
 
 

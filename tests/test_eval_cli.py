@@ -22,6 +22,7 @@ def ckpt(tiny_betons, tmp_path):
         [
             f"data.beton_dir={tiny_betons}",
             "model.width=4",
+            "model.feat_dim=0",  # 8 x width: the tiny net
             "model.proj_hidden=16",
             "model.proj_dim=8",
             "train.epochs=3",

@@ -1,6 +1,8 @@
-"""Fault tolerance with real processes: SIGKILL a Ray Train worker mid-run, corrupt a checkpoint.
+"""Fault tolerance with real processes: SIGKILL a Ray Train worker mid-run, corrupt checkpoints.
 
-The run must finish by itself, with each epoch exactly once in the MLflow history.
+The run must finish by itself, with each epoch exactly once in the MLflow history. A checkpoint
+that does not load is named in a warning and passed over for the newest older one, both after a
+worker-group restart and on `distcl train --resume`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ pytestmark = pytest.mark.slow
 EPOCHS = 4
 
 
-def _cfg(betons: Path, tmp: Path, name: str, epochs: int = EPOCHS, batch: int = 64):
+def _cfg(betons: Path, tmp: Path, name: str, epochs: int = EPOCHS, batch: int = 64, *extra: str):
     return config.load(
         None,
         tiny_overrides(
@@ -36,6 +38,7 @@ def _cfg(betons: Path, tmp: Path, name: str, epochs: int = EPOCHS, batch: int = 
             "train.keep_checkpoints=3",
             f"train.run_name={name}",
             "train.seed=7",
+            *extra,
         ),
     )
 
@@ -120,40 +123,102 @@ def test_killed_worker_resumes_without_lost_or_duplicated_epochs(
     assert abs(killed_loss - clean_loss) / clean_loss < 0.1, (killed_loss, clean_loss)
 
 
-@pytest.mark.skip(
-    reason="open (issue 10): after the kill, the restarted run finished but the fallback warning "
-    "was not seen in the captured output; needs a look at which checkpoint Ray hands back"
-)
-def test_corrupt_latest_checkpoint_falls_back_to_previous(
+def _system_metric_times(tmp: Path, run_id: str) -> list[float]:
+    """Seconds since the epoch of every CPU sample the system-metrics monitor logged."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
+    history = client.get_metric_history(run_id, "system/cpu_utilization_percentage")
+    return [m.timestamp / 1000 for m in history]
+
+
+def _corrupt(ckpt: Path) -> None:
+    (ckpt / "state.pt").write_bytes(b"not a checkpoint")
+
+
+def test_corrupt_checkpoint_falls_back_after_a_worker_restart_and_on_resume(
     ray_session, tiny_betons, tmp_path, capfd
 ):
+    """One run serves both ways a checkpoint is handed back: a worker-group restart inside the
+    run, then `fit(resume=True)` (what `distcl train --resume` calls) after it finished."""
+    from mlflow.tracking import MlflowClient
+
+    from distcl.driver import fit
+
     storage = tmp_path / "runs"
-    # Small batches and spare epochs keep the run going while the test corrupts and kills.
-    thread, out = _fit_in_thread(_cfg(tiny_betons, tmp_path, "corrupt", epochs=5, batch=16))
-    _wait_for_checkpoints(storage, 2, thread, out)
+    # Small batches and spare epochs keep the run going while the test kills and corrupts;
+    # keeping every checkpoint keeps the first one on disk as the readable fallback.
+    extra = ("train.keep_checkpoints=7", "tracking.system_metrics_interval=1")
+    cfg = _cfg(tiny_betons, tmp_path, "corrupt", 7, 16, *extra)
+    thread, out = _fit_in_thread(cfg)
+    # A restarted group gets Ray's latest *registered* checkpoint, and a folder is on disk before
+    # Ray registers it. Each worker's report queue holds one result, so once folder 4 exists,
+    # Ray has taken report 2 from both workers: checkpoints 1 and 2 (at least) are registered.
+    _wait_for_checkpoints(storage, 4, thread, out)
     _kill_one_worker(ray_session)
-    # While Ray restarts the worker group, corrupt every checkpoint but the oldest: whichever one
-    # Ray hands back as the latest is unreadable, and the run must fall back past it.
-    for ckpt in _checkpoints(storage)[1:]:
-        (ckpt / "state.pt").write_bytes(b"not a checkpoint")
+    killed_at = time.time()
+    first, *corrupted = _checkpoints(storage)
+    for ckpt in corrupted:  # whichever of these Ray hands back, it does not load
+        _corrupt(ckpt)
     thread.join(timeout=600)
+    text = capfd.readouterr().out
     assert "error" not in out, out.get("error")
-    assert "resuming from the previous checkpoint" in capfd.readouterr().out
+    warned = [c for c in corrupted if f"checkpoint {c}/state.pt is corrupt or unreadable" in text]
+    assert warned, f"no warning named any of {corrupted}"
+    assert f"resuming from the previous checkpoint {first}\n" in text
+    assert "distcl: resumed at epoch 1, step" in text
     summary = out["summary"]
-    assert checkpoint.load(summary["checkpoint"])["epoch"] == 5
-    assert _history(tmp_path, summary["mlflow_run_id"]) == [1, 2, 3, 4, 5]
+    assert checkpoint.load(summary["checkpoint"])["epoch"] == 7
+    assert _history(tmp_path, summary["mlflow_run_id"]) == list(range(1, 8))
+    # The driver's system-metrics monitor outlives the worker group it samples around.
+    assert max(_system_metric_times(tmp_path, summary["mlflow_run_id"])) > killed_at
+
+    # --resume: the finished run's newest checkpoint is Ray's latest; corrupt exactly that one.
+    newest = Path(summary["checkpoint"])
+    previous = _checkpoints(storage)[-2]
+    assert checkpoint.load(previous)["epoch"] == 6
+    _corrupt(newest)
+    resumed_at = time.time()
+    again = fit(cfg, resume=True)
+    text = capfd.readouterr().out
+    assert f"checkpoint {newest}/state.pt is corrupt or unreadable" in text
+    assert f"resuming from the previous checkpoint {previous}\n" in text
+    assert "distcl: resumed at epoch 6, step" in text
+    assert again["run_dir"] == summary["run_dir"]
+    assert again["mlflow_run_id"] == summary["mlflow_run_id"]
+    assert Path(again["checkpoint"]) != newest
+    assert checkpoint.load(again["checkpoint"])["epoch"] == 7
+    assert _history(tmp_path, again["mlflow_run_id"]) == list(range(1, 8))
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.get_run(again["mlflow_run_id"]).info.status == "FINISHED"
+    # The resumed driver samples system metrics again.
+    assert max(_system_metric_times(tmp_path, again["mlflow_run_id"])) > resumed_at
 
 
-def test_load_previous_skips_unreadable_checkpoints(tmp_path):
-    for i, payload in enumerate([{"epoch": 1}, {"epoch": 2}, None]):
+def test_load_with_fallback_passes_over_unreadable_checkpoints(tmp_path):
+    import pyarrow.fs
+
+    for i, epoch in enumerate([1, 2, None, None]):
         d = tmp_path / f"checkpoint_2026-01-0{i + 1}"
-        if payload is None:
+        if epoch is None:
             d.mkdir()
             (d / "state.pt").write_bytes(b"\0" * 10)
         else:
-            checkpoint.save(d, {"epoch": torch.tensor(payload["epoch"])})
-    latest = tmp_path / "checkpoint_2026-01-03"
-    with pytest.raises(checkpoint.CheckpointError, match="checkpoint_2026-01-03"):
+            checkpoint.save(d, {"epoch": torch.tensor(epoch)})
+    (tmp_path / "checkpoint_2026-01-05").mkdir()  # newer than `latest`: never a fallback
+    (tmp_path / "checkpoint_manager_snapshot.json").write_text("{}")
+    latest = tmp_path / "checkpoint_2026-01-04"
+    with pytest.raises(checkpoint.CheckpointError, match="checkpoint_2026-01-04/state.pt is"):
         checkpoint.load(latest)
-    state, used = checkpoint.load_previous(latest, RuntimeError("corrupt"))
-    assert used.name == "checkpoint_2026-01-02" and int(state["epoch"]) == 2
+    for fs in (None, pyarrow.fs.LocalFileSystem()):  # a Ray checkpoint's filesystem, or local
+        state, used, skipped = checkpoint.load_with_fallback(latest, fs)
+        assert used == str(tmp_path / "checkpoint_2026-01-02") and int(state["epoch"]) == 2
+        assert [str(e).split()[1] for e in skipped] == [
+            f"{tmp_path}/checkpoint_2026-01-0{i}/state.pt" for i in (4, 3)
+        ]
+    state, used, skipped = checkpoint.load_with_fallback(tmp_path / "checkpoint_2026-01-02")
+    assert int(state["epoch"]) == 2 and not skipped
+    for d in ("checkpoint_2026-01-01", "checkpoint_2026-01-02"):
+        (tmp_path / d / "state.pt").unlink()
+    with pytest.raises(checkpoint.CheckpointError, match="no readable checkpoint in"):
+        checkpoint.load_with_fallback(latest)

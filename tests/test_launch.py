@@ -324,6 +324,7 @@ def test_two_worker_training_job_runs_on_two_nodes(env, cluster, tmp_path, capsy
         f"data.beton_dir={tmp_path / 'betons'}",
         "data.loader_workers=1",
         "model.width=8",
+        "model.feat_dim=0",  # 8 x width: the tiny net
         "train.epochs=1",
         "train.global_batch=64",
         "train.num_workers=2",

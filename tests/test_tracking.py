@@ -59,6 +59,29 @@ def test_system_metrics_are_sampled_for_a_client_created_run(tmp_path):
     assert "system/system_memory_usage_megabytes" in metrics
 
 
+def test_resume_reopens_a_failed_run_and_samples_system_metrics_again(tmp_path):
+    from distcl import driver
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    off = config.load(None, ["tracking.system_metrics=false"])
+    first = driver._open_tracking(off, uri, str(tmp_path), "run-1", {})
+    first.end("FAILED")  # what `fit` does when training raises
+    assert not any(
+        k.startswith("system/") for k in tracking.get_run(uri, first.run_id).data.metrics
+    )
+    cfg = config.load(None, ["tracking.system_metrics_interval=0.5"])
+    again = driver._open_tracking(cfg, uri, str(tmp_path), "run-1", {})  # `--resume`
+    assert again.run_id == first.run_id
+    assert tracking.get_run(uri, again.run_id).info.status == "RUNNING"
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(
+        k.startswith("system/") for k in tracking.get_run(uri, again.run_id).data.metrics
+    ):
+        time.sleep(0.5)
+    again.end("FINISHED")
+    assert "system/cpu_utilization_percentage" in tracking.get_run(uri, again.run_id).data.metrics
+
+
 def test_baselines_come_from_disk_cache_then_from_mlflow(tiny_betons, tmp_path):
     import shutil
 
@@ -98,7 +121,8 @@ def test_supervised_baseline_is_looked_up_by_arch_and_split(tmp_path):
         "dataset": "fashion_mnist",
         **baselines.split_tags(data),
     }
-    for arch, acc in (("small_cnn-w16", 0.91), ("small_cnn-w32", 0.93)):
+    wider = baselines.arch_key(config.load(None, ["model.width=32"]))
+    for arch, acc in ((baselines.arch_key(cfg), 0.91), (wider, 0.93)):
         logger = tracking.start_run(
             uri, EXP, "sup", {}, {**tags, "arch": arch}, system_metrics=False
         )
@@ -120,6 +144,7 @@ def server_fit(ray_session, tiny_betons, mlflow_server, tmp_path_factory):
         [
             f"data.beton_dir={tiny_betons}",
             "model.width=8",
+            "model.feat_dim=0",  # 8 x width: the tiny net
             "model.proj_hidden=64",
             "model.proj_dim=32",
             "train.global_batch=128",
@@ -162,7 +187,7 @@ def test_run_is_fully_tracked_over_http(server_fit, tiny_betons):
         "method",
     )
     assert tags["distcl_version"] == __version__ and tags["world_size"] == "2"
-    assert tags["git_commit"] and tags["arch"] == "small_cnn-w8"
+    assert tags["git_commit"] and tags["arch"].startswith("small_cnn-w8-")
     assert tags["split"] == "fashion_mnist-train" and tags["encoder_model_uri"].startswith(
         "models:/"
     )

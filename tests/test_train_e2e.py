@@ -16,6 +16,7 @@ def tiny_overrides(betons: Path, tmp: Path, *extra: str) -> list[str]:
     return [
         f"data.beton_dir={betons}",
         "model.width=8",
+        "model.feat_dim=0",  # 8 x width: the tiny net
         "model.proj_hidden=64",
         "model.proj_dim=32",
         "train.global_batch=128",

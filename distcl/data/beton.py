@@ -1,8 +1,14 @@
 """Writing and checking FFCV `.beton` files.
 
 Each `.beton` gets a sidecar `NAME.beton.json` with what was written (dataset, split, count,
-resolution, channels, byte size). A file is reused only when the sidecar and the file agree, so
-a truncated, corrupt or foreign `.beton` is caught before training starts.
+stored image sides, channels, storage options, byte size). A file is reused only when the
+sidecar and the file agree and it was written with the storage options asked for (write mode,
+max_resolution, JPEG quality; for ImageFolder also the tree it came from), so a truncated,
+corrupt, foreign or differently stored `.beton` is caught before training starts.
+
+`resolution` in the sidecar is the stored side: the shorter side of every image when all have
+one size (CIFAR: 32), else the median shorter side (an ImageFolder tree written with
+`max_resolution`), with `uniform: false`; the eval loader then centre-crops to it.
 """
 
 from __future__ import annotations
@@ -16,6 +22,25 @@ import numpy as np
 from distcl.data.sources import DataError
 
 FORMAT_VERSION = 1
+WRITE_MODES = ("raw", "jpg", "smart", "proportion")  # FFCV RGBImageField write modes
+ALIASES = {"jpeg": "jpg"}  # accepted spellings of a write mode
+
+
+def storage_options(
+    write_mode: str = "raw", max_resolution: int = 0, jpeg_quality: int = 90
+) -> dict:
+    """The sidecar's record of how images are stored; equal dicts mean interchangeable files."""
+    mode = ALIASES.get(write_mode, write_mode)
+    if mode not in WRITE_MODES:
+        raise DataError(f"storage {write_mode!r} is not one of: raw, jpeg, smart, proportion")
+    if mode != "raw" and not 1 <= jpeg_quality <= 100:
+        raise DataError(f"jpeg_quality must be in 1..100, got {jpeg_quality} (FFCV default 90)")
+    return {
+        "write_mode": mode,
+        "max_resolution": int(max_resolution or 0),
+        # JPEG quality matters only where JPEGs may be written
+        "jpeg_quality": int(jpeg_quality) if mode != "raw" else 0,
+    }
 
 
 def beton_path(beton_dir: str, dataset: str, split: str, max_images: int = 0) -> Path:
@@ -63,14 +88,71 @@ def read_meta(path: Path) -> dict:
     return meta
 
 
-def check_meta(path: Path, dataset: str, split: str) -> dict:
+def check_meta(
+    path: Path, dataset: str, split: str, storage: dict | None = None, root: str | None = None
+) -> dict:
+    """read_meta, then refuse a file of another dataset/split, storage or ImageFolder tree."""
     meta = read_meta(path)
     if (meta.get("dataset"), meta.get("split")) != (dataset, split):
         raise DataError(
             f"{path} holds {meta.get('dataset')}/{meta.get('split')}, expected {dataset}/{split}. "
             f"Rebuild it with: {rebuild_hint(path)}"
         )
+    if storage is not None:
+        # sidecars from before storage options were recorded: raw, full size, quality unused
+        mode = meta.get("write_mode", "raw")
+        have = {
+            "write_mode": mode,
+            "max_resolution": meta.get("max_resolution", 0),
+            "jpeg_quality": meta.get("jpeg_quality", 0 if mode == "raw" else 90),
+        }
+        if have != storage:
+            raise DataError(
+                f"{path} was written with {_fmt(have)} but {_fmt(storage)} is asked for. To "
+                f"use it, set {_overrides(have)}; or rebuild it with: {rebuild_hint(path)} "
+                f"--write-mode {storage['write_mode']} --max-resolution "
+                f"{storage['max_resolution']}"
+                + (f" --jpeg-quality {storage['jpeg_quality']}" if storage["jpeg_quality"] else "")
+            )
+    if root is not None and dataset == "imagefolder" and meta.get("root") != _abs(root):
+        raise DataError(
+            f"{path} was written from the ImageFolder tree {meta.get('root')}, not {_abs(root)}. "
+            f"Use another data.beton_dir per tree, or rebuild it with: {rebuild_hint(path)} "
+            f"--root {root}"
+        )
     return meta
+
+
+def _fmt(storage: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in storage.items())
+
+
+def _overrides(storage: dict) -> str:
+    """The config overrides that ask for `storage`."""
+    out = f"data.storage={storage['write_mode']} data.max_resolution={storage['max_resolution']}"
+    return out + (
+        f" data.jpeg_quality={storage['jpeg_quality']}" if storage["jpeg_quality"] else ""
+    )
+
+
+def _abs(root: str) -> str:
+    return str(Path(root).resolve()) if root else ""
+
+
+def _stored_sides(path: Path) -> dict:
+    """Image sides as stored (after max_resolution), from the `.beton`'s own metadata table."""
+    from ffcv.reader import Reader
+
+    image = Reader(str(path)).metadata["f0"]  # field 0 = image: mode, width, height, data_ptr
+    h, w = image["height"].astype(np.int64), image["width"].astype(np.int64)
+    short = np.minimum(h, w)
+    uniform = bool(len(h) and h.min() == h.max() and w.min() == w.max())
+    return {
+        "resolution": int(np.median(short)) if len(short) else 0,
+        "uniform": uniform,
+        "min_side": int(short.min()) if len(short) else 0,
+        "max_side": int(np.maximum(h, w).max()) if len(h) else 0,
+    }
 
 
 def write_beton(
@@ -82,12 +164,17 @@ def write_beton(
     jpeg_quality: int = 90,
     num_workers: int = 1,
     max_images: int = 0,
+    root: str = "",
 ) -> dict:
     """Write `source` to `path` atomically (temp file, then rename) with a progress bar.
 
     Images are stored as RGB (grey images replicated to 3 channels, since FFCV's image field is
     RGB); the loader keeps the first `channels` channels, recorded in the sidecar.
+    write_mode: raw | jpg (or jpeg) | smart | proportion (FFCV's RGBImageField modes).
+    max_resolution: shrink images whose longer side exceeds this (0 = keep their size).
+    root: the raw dataset folder, recorded in the sidecar (checked for ImageFolder trees).
     """
+    storage = storage_options(write_mode, max_resolution, jpeg_quality)
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 
@@ -96,10 +183,13 @@ def write_beton(
     n = min(len(source), max_images) if max_images else len(source)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     field = RGBImageField(
-        write_mode=write_mode, max_resolution=max_resolution or None, jpeg_quality=jpeg_quality
+        write_mode=storage["write_mode"],
+        max_resolution=max_resolution or None,
+        jpeg_quality=jpeg_quality,
     )
     writer = DatasetWriter(str(tmp), {"image": field, "label": IntField()}, num_workers=num_workers)
-    try:
+    print(f"distcl: writing {path} ({n} images, {_fmt(storage)})", flush=True)
+    try:  # FFCV's writer shows a tqdm progress bar
         writer.from_indexed_dataset(_RGBView(source, n), chunksize=256)
         os.replace(tmp, path)
     finally:
@@ -109,10 +199,11 @@ def write_beton(
         "dataset": source.name,
         "split": source.split,
         "count": n,
-        "resolution": source.resolution,
+        **_stored_sides(path),
         "channels": source.channels,
         "num_classes": source.num_classes,
-        "write_mode": write_mode,
+        **storage,
+        "root": _abs(root),
         "bytes": path.stat().st_size,
     }
     meta_tmp = path.with_name(f".{path.name}.json.tmp")
@@ -148,25 +239,38 @@ def prepare(
     force: bool = False,
     max_images: int = 0,
     rebuild_invalid: bool = True,
-    **write_kw,
+    download: bool = False,
+    write_mode: str = "raw",
+    max_resolution: int = 0,
+    jpeg_quality: int = 90,
+    num_workers: int = 1,
 ) -> tuple[Path, dict, bool]:
     """Write the `.beton` for one split unless a valid one exists. Returns (path, meta, written).
 
-    An existing but invalid file is rewritten when `rebuild_invalid` (what `distcl prepare`
-    does), else refused with a DataError naming it (what `distcl train` does: it never
-    overwrites a file it did not just write).
+    An existing file that is invalid or stored with other options is rewritten when
+    `rebuild_invalid` (what `distcl prepare` does), else refused with a DataError naming it
+    (what `distcl train` does: it never overwrites a file it did not just write).
+    download: let CIFAR/STL-10 readers fetch missing files (only when the user asks).
     """
     from distcl.data.sources import load_source
 
     path = beton_path(out, dataset, split, max_images)
+    storage = storage_options(write_mode, max_resolution, jpeg_quality)
     if not force:
         try:
-            return path, check_meta(path, dataset, split), False
+            return path, check_meta(path, dataset, split, storage, root), False
         except DataError:
             if path.exists() and not rebuild_invalid:
                 raise
             if path.exists():
                 print(f"distcl: {path} is not valid; rewriting it")
-    source = load_source(dataset, split, root, cache=str(Path(out) / "raw"))
-    meta = write_beton(source, path, max_images=max_images, **write_kw)
+    source = load_source(dataset, split, root, cache=str(Path(out) / "raw"), download=download)
+    meta = write_beton(
+        source,
+        path,
+        max_images=max_images,
+        num_workers=num_workers,
+        root=root,
+        **storage,
+    )
     return path, meta, True

@@ -4,7 +4,8 @@ One `.beton` field `image` feeds every view: view 0 is the field's own pipeline,
 `PipelineSpec(source="image")` pipelines, so the image is decoded once per view but stored once.
 Batches come out as `(view0, label, view1, ...)`: stored fields first, then the extra views.
 Images leave the loader as `uint8 B x 3 x H x W` tensors; `to_float` turns them into the model's
-normalised float input on the training device.
+normalised float input on the training device. `build_train_loader` picks FFCV or the
+torchvision fallback (`torch_loader.py`, same batches) from `data.loader`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import torch
 
 from distcl.data.beton import read_meta
 from distcl.data.sources import DataError
+
+EVAL_CROP_RATIO = 224 / 256  # centre crop of mixed-size images for evaluation (ImageNet's)
 
 
 @dataclass(frozen=True)
@@ -110,15 +113,67 @@ def train_loader(
     return loader
 
 
+def build_train_loader(
+    data,
+    path: str | Path,
+    *,
+    batch_size: int,
+    seed: int,
+    num_workers: int,
+    epoch: int = 0,
+    rank: int = 0,
+    world: int = 1,
+):
+    """The training loader `data.loader` names (data: a config.DataConfig): FFCV over the
+    `.beton` at `path`, or the torchvision fallback over the raw source. Same batches."""
+    spec = ViewSpec(data.resolution, data.crop_scale_min, data.jitter, data.jitter_p, data.preset)
+    if data.loader == "torchvision":
+        from distcl.data.sources import load_source
+        from distcl.data.torch_loader import torch_train_loader
+
+        cache = str(Path(data.beton_dir) / "raw")
+        return torch_train_loader(
+            load_source(data.dataset, data.split, data.root, cache=cache),
+            batch_size=batch_size,
+            views=data.views,
+            spec=spec,
+            seed=seed,
+            rank=rank,
+            world=world,
+            num_workers=num_workers,
+            epoch=epoch,
+            max_images=data.max_images,
+        )
+    return train_loader(
+        path,
+        batch_size=batch_size,
+        views=data.views,
+        spec=spec,
+        seed=seed,
+        distributed=world > 1,
+        num_workers=num_workers,
+        epoch=epoch,
+    )
+
+
 def eval_loader(
     path: str | Path, *, batch_size: int, num_workers: int, indices: np.ndarray | None = None
 ):
-    """Sequential, un-augmented loader yielding `(image uint8 B x 3 x H x W, label)`."""
-    from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+    """Sequential, un-augmented loader yielding `(image uint8 B x 3 x H x W, label)`.
+
+    Images of mixed sizes (an ImageFolder tree) are centre-cropped (EVAL_CROP_RATIO of the
+    shorter side) and resized to the sidecar's `resolution`.
+    """
+    from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, SimpleRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
 
-    read_meta(Path(path))
-    pipelines = {"image": [SimpleRGBImageDecoder(), *_tensor_tail()], "label": _label_pipeline()}
+    meta = read_meta(Path(path))
+    if meta.get("uniform", True):
+        decoder = SimpleRGBImageDecoder()
+    else:
+        side = meta["resolution"]
+        decoder = CenterCropRGBImageDecoder((side, side), ratio=EVAL_CROP_RATIO)
+    pipelines = {"image": [decoder, *_tensor_tail()], "label": _label_pipeline()}
     return Loader(
         str(path),
         batch_size=batch_size,

@@ -1,12 +1,16 @@
 """Raw datasets, read from local files into indexable (image, label) sources.
 
-Each source yields `uint8` images `H x W x C` and integer labels (-1 where a split has none). The
-beton writer stores every source the same way, so the loaders never see the raw formats.
+Each source yields `uint8` images `H x W x C` and integer labels (-1 where a split has none),
+and has `name`, `split`, `num_classes`, `channels` and `len()`. The beton writer stores every
+source the same way, so the FFCV loaders never see the raw formats; the torchvision fallback
+loader reads these sources directly. Readers: Fashion-MNIST and synthetic here, CIFAR and STL-10
+in `native.py`, ImageFolder trees in `imagefolder.py`.
 """
 
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +53,31 @@ class ArraySource:
         return int(self.images.shape[3])
 
 
+class ConcatSource:
+    """Several sources of one dataset end to end (e.g. STL-10 train + unlabeled)."""
+
+    def __init__(self, name: str, split: str, parts: list, num_classes: int):
+        self.name, self.split, self.parts, self.num_classes = name, split, parts, num_classes
+        self.starts = np.cumsum([0] + [len(p) for p in parts])  # parts + 1
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        part = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return self.parts[part][i - int(self.starts[part])]
+
+    @property
+    def resolution(self) -> int:
+        return self.parts[0].resolution
+
+    @property
+    def channels(self) -> int:
+        return self.parts[0].channels
+
+
 def _stage_fashion_mnist(root: Path, cache: Path) -> Path:
     """Lay the idx files out as torchvision expects (`CACHE/FashionMNIST/raw/`, uncompressed).
 
@@ -70,7 +99,7 @@ def _stage_fashion_mnist(root: Path, cache: Path) -> Path:
                     "package (sudo apt-get install dataset-fashion-mnist) or pass --root DIR "
                     "pointing at a folder with the idx files."
                 )
-            tmp = dst.with_suffix(".tmp")
+            tmp = dst.with_suffix(f".tmp{os.getpid()}")  # ranks may stage at the same time
             opener = gzip.open if src.suffix == ".gz" else open
             try:
                 with opener(src, "rb") as fin, open(tmp, "wb") as fout:
@@ -110,14 +139,31 @@ def synthetic(split: str, n: int = 512, resolution: int = 28, classes: int = 4, 
     return ArraySource("synthetic", split, images, labels.astype(np.int64), classes)
 
 
-def load_source(dataset: str, split: str, root: str = "", cache: str = "data/raw"):
-    """The raw split of `dataset` (see distcl.validate.DATASETS), as an indexable source."""
+def load_source(
+    dataset: str, split: str, root: str = "", cache: str = "data/raw", download: bool = False
+):
+    """The raw split of `dataset` (see distcl.validate.DATASETS), as an indexable source.
+
+    root: the dataset's folder; "" = its usual place (the Debian package for Fashion-MNIST,
+    `cache` for CIFAR and STL-10; an ImageFolder tree has no default). download: fetch CIFAR or
+    STL-10 into root when the files are missing (never done unless asked).
+    """
+    from distcl.validate import DATASETS
+
     if dataset == "fashion_mnist":
         return fashion_mnist(split, root, cache)
     if dataset == "synthetic":
         return synthetic(split)
-    try:
-        from distcl.data import sources_extra
-    except ImportError:
-        raise DataError(f"dataset {dataset!r} is not supported by this build") from None
-    return sources_extra.load_source(dataset, split, root)
+    if dataset in ("cifar10", "cifar100"):
+        from distcl.data.native import cifar
+
+        return cifar(dataset, split, Path(root or cache), download)
+    if dataset == "stl10":
+        from distcl.data.native import stl10
+
+        return stl10(split, Path(root or cache), download)
+    if dataset == "imagefolder":
+        from distcl.data.imagefolder import ImageFolderSource
+
+        return ImageFolderSource(root, split)
+    raise DataError(f"unknown dataset {dataset!r}; valid names: {', '.join(DATASETS)}")

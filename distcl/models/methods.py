@@ -27,7 +27,7 @@ from distcl.config import Config
 from distcl.losses import build_loss, needs_labels
 from distcl.models.barlow import BarlowTwins
 from distcl.models.byol import BYOL
-from distcl.models.encoders import build_encoder
+from distcl.models.encoders import encoder_from_config
 from distcl.models.heads import projection_mlp
 from distcl.models.moco import MoCoV2, MoCoV3
 from distcl.models.swav import SwAV
@@ -179,5 +179,5 @@ def check_method_config(cfg: Config) -> None:
 def build_method(cfg: Config, in_channels: int, num_classes: int) -> nn.Module:
     """The method named by `cfg.method.name`, with a fresh encoder."""
     check_method_config(cfg)
-    encoder = build_encoder(cfg.model.arch, in_channels, cfg.model.width, cfg.model.cifar_stem)
+    encoder = encoder_from_config(cfg.model, in_channels)
     return METHODS[cfg.method.name](encoder, cfg, num_classes)

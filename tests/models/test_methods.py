@@ -14,6 +14,8 @@ from distcl.optim import build_optimizer, param_groups
 
 TINY = [
     "model.width=4",
+    "model.feat_dim=0",  # 8 x width: the tiny net
+    "model.blocks=1",
     "model.proj_hidden=32",
     "model.proj_dim=16",
     "method.predictor_hidden=32",
@@ -170,3 +172,22 @@ def test_every_method_preset_loads_and_builds():
         cfg = config.load(f"cifar10_{m}_resnet18")
         assert cfg.model.arch == "resnet18" and cfg.train.use_gpu and cfg.data.resolution == 32
         assert cfg.method.name == m and cfg.data.dataset == "cifar10"
+
+
+@pytest.mark.parametrize(
+    "loss", ["ntxent", "supcon", "contrastive", "triplet", "npair", "logistic"]
+)
+def test_every_loss_trains_through_the_simclr_method(loss):
+    """`loss.name=` swaps the objective under the same views -> embeddings pipeline; each one
+    learns on the class-structured images (labels feed the label losses)."""
+    from distcl.losses import LOSSES
+
+    assert loss in LOSSES
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    cfg = tiny_cfg("simclr", f"loss.name={loss}")
+    model = build_method(cfg, 1, 4)
+    losses = train_steps(model, make_batches(cfg.data.views), 16)
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert all(map(torch.isfinite, torch.tensor(losses)))
+    assert last < 0.9 * first, f"{loss}: loss {first:.4f} -> {last:.4f} ({losses})"
