@@ -133,7 +133,15 @@ def main(argv: list[str] | None = None) -> int:
         from distcl.compare import main as compare_main
 
         return compare_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse ends a nargs="*" positional at the first option, so overrides after
+    # `--summary-json F` come back unparsed: they are overrides all the same.
+    stray = [a for a in extra if a.startswith("-") or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)
     except ConfigError as exc:

@@ -96,3 +96,14 @@ def test_bad_input_fails_fast_with_clear_message(
     assert fragment in err
     assert _files(tmp_path) - before == set(), "a bad input left files behind"
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_overrides_after_an_option_are_overrides_too(capsys):
+    """`distcl train a=1 --summary-json F b=2`: argparse alone would refuse `b=2`."""
+    code = cli.main(["train", "loss.temperature=-1", "--summary-json", "s.json", "train.epochs=0"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "loss.temperature must be > 0" in err and "train.epochs must be > 0" in err
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--summary-json", "s.json", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
