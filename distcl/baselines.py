@@ -173,9 +173,9 @@ def raw_pixels(cfg: Config, data: dict[str, Any], uri: str, experiment: str) -> 
 
 
 def random_init(cfg: Config, data: dict[str, Any], uri: str, experiment: str) -> Baseline:
-    from distcl.evaluate import extract_features
+    from distcl.evaluate import extract_features, frozen_feature_kwargs
     from distcl.models.encoders import encoder_from_config
-    from distcl.precision import to_channels_last, use_bf16
+    from distcl.precision import to_channels_last
 
     def compute() -> dict[str, float]:
         meta, m = data["meta"], cfg.model
@@ -183,8 +183,7 @@ def random_init(cfg: Config, data: dict[str, Any], uri: str, experiment: str) ->
         encoder = to_channels_last(
             encoder_from_config(m, meta["channels"]), cfg.train.channels_last
         )
-        kw = {"channels": meta["channels"], "device": torch.device("cpu"), "num_workers": 2}
-        kw["use_bf16"] = use_bf16(cfg.train.precision, "cpu")  # as the trained encoder's probe
+        kw = frozen_feature_kwargs(cfg.train.precision, meta["channels"])  # as the trained one's
         tr_x, tr_y = extract_features(encoder, data["train_eval_path"], **kw)
         te_x, te_y = extract_features(encoder, data["test_path"], **kw)
         return frozen_metrics(tr_x, tr_y, te_x, te_y, cfg.eval.knn_k)
