@@ -166,7 +166,7 @@ def plan(quick: bool) -> list[tuple[int, str, int, int, bool]]:
             (rows, loss, reps, 1, False) for rows, reps in ((1024, 5), (4096, 3)) for loss in LOSSES
         ]
         return small + [(16384, "ntxent", 2, 0, True)]
-    reps = {1024: 7, 4096: 5, 16384: 3}
+    reps = {1024: 5, 4096: 3, 16384: 2}
     return [(rows, loss, reps[rows], 1, True) for rows in ROWS for loss in LOSSES]
 
 

@@ -66,7 +66,7 @@ def two_node_run(cfg, data) -> dict:
 
 def main() -> None:
     args = harness.parse_args(__doc__.splitlines()[0])
-    images, epochs = (2048, 4) if args.quick else (8192, 5)
+    images, epochs = (2048, 4) if args.quick else (4096, 4)
     print("machine:", harness.machine_description())
     storage = tempfile.mkdtemp(prefix="distcl-bench-scaling-")
 

@@ -36,9 +36,9 @@ import harness  # noqa: E402
 
 # name -> (script, limit in seconds full, limit quick). Order: cheap and independent first.
 BENCHMARKS = {
-    "loss": ("bench_loss.py", 240, 150),
+    "loss": ("bench_loss.py", 180, 150),
     "loader": ("bench_loader.py", 150, 120),
-    "gradcache": ("bench_gradcache.py", 150, 120),
+    "gradcache": ("bench_gradcache.py", 120, 120),
     "train": ("bench_train.py", 300, 300),
     "scaling": ("bench_scaling.py", 240, 240),
 }

@@ -181,9 +181,14 @@ def _scheduler(space: Space):
     )
 
 
-def _search_alg(space: Space):
+def _search_alg(space: Space, concurrent: int = 0):
+    """The search algorithm, seeded by `space.seed` (None: Tune draws a fresh seed)."""
     if space.search != "optuna":
-        return None  # Tune's basic variant generator: grid_search entries x random samples
+        from ray.tune.search import BasicVariantGenerator
+
+        # grid_search entries x random samples. Tune caps concurrency only for Searchers, so the
+        # generator gets it here.
+        return BasicVariantGenerator(max_concurrent=concurrent, random_state=space.seed)
     try:
         import optuna  # noqa: F401
         from ray.tune.search.optuna import OptunaSearch
@@ -192,7 +197,7 @@ def _search_alg(space: Space):
             "search: optuna needs the optuna package, which is not installed; "
             "pip install 'distcl[optuna]', or use search: random"
         ) from None
-    return OptunaSearch()
+    return OptunaSearch(seed=space.seed)
 
 
 def _new_state(args: argparse.Namespace) -> dict[str, Any]:
@@ -315,8 +320,9 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
                     mode=space.mode,
                     num_samples=space.num_samples,
                     scheduler=_scheduler(space),
-                    search_alg=_search_alg(space),
-                    max_concurrent_trials=concurrent,
+                    search_alg=_search_alg(space, concurrent),
+                    # a Searcher (Optuna) is wrapped in Tune's ConcurrencyLimiter
+                    max_concurrent_trials=concurrent if space.search == "optuna" else None,
                 ),
                 run_config=tune.RunConfig(name=state["name"], storage_path=str(storage)),
             )

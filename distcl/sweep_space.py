@@ -51,6 +51,7 @@ class Space:
     asha: dict[str, int] | None = None  # grace_period, reduction_factor, max_t (epochs)
     max_concurrent: int = 0  # 0 = derived from the cluster's CPUs
     overrides: dict[str, Any] = field(default_factory=dict)  # fixed key.sub values
+    seed: int | None = None  # seeds the random draws (None: a fresh draw each sweep)
 
     def trial_count(self) -> int:
         grid = 1
@@ -68,6 +69,7 @@ class Space:
             "sweep.mode": self.mode,
             "sweep.max_concurrent": self.max_concurrent,
             "sweep.trials": self.trial_count(),
+            "sweep.seed": "none" if self.seed is None else self.seed,
         }
         for k, v in (self.asha or {}).items():
             out[f"sweep.asha.{k}"] = v
@@ -145,6 +147,7 @@ def load_space(path: str | Path, text: str | None = None) -> Space:
         "asha",
         "max_concurrent",
         "overrides",
+        "seed",
     }
     if unknown:
         raise ConfigError(f"space {path}: unknown key(s) {sorted(unknown)}; see tune/README.md")
@@ -183,6 +186,9 @@ def load_space(path: str | Path, text: str | None = None) -> Space:
     num_samples = int(doc.get("num_samples", 1))
     if num_samples < 1:
         raise ConfigError(f"space {path}: num_samples must be >= 1, got {num_samples}")
+    seed = doc.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ConfigError(f"space {path}: seed must be an integer >= 0, got {seed!r}")
     return Space(
         params,
         search,
@@ -192,6 +198,7 @@ def load_space(path: str | Path, text: str | None = None) -> Space:
         asha,
         int(doc.get("max_concurrent", 0)),
         overrides,
+        seed,
     )
 
 

@@ -288,15 +288,22 @@ def log_encoder(
     MLflow 3 defaults to `torch.export` (pt2): that loads back as a fixed graph refusing
     `.train()` (no fine-tuning) and took 44 s to export a small CNN here. The pickled module
     loads back as the same `nn.Module` class (distcl must be importable there).
+
+    The requirements are given rather than inferred: MLflow's inference loads the model again
+    in a fresh Python process to see what it imports, which costs seconds per run.
     """
     import mlflow.pytorch
 
+    from distcl import __version__
+
+    requirements = [*mlflow.pytorch.get_default_pip_requirements(), f"distcl=={__version__}"]
     with _global_uri(logger.uri):
         info = mlflow.pytorch.log_model(
             encoder,
             name="encoder",
             input_example=input_example,
             serialization_format="pickle",
+            pip_requirements=requirements,
             run_id=logger.run_id,
             registered_model_name=registered_name or None,
         )

@@ -199,13 +199,14 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
             step += 1
             if rank == 0 and log_every and step % log_every == 0:
                 in_epoch = step - epoch * steps_per_epoch
+                step_loss = loss.item()  # the one host read, every log_every steps
                 print(
                     f"distcl: epoch {epoch + 1}/{cfg.train.epochs} step {in_epoch}/"
-                    f"{steps_per_epoch} loss={float(loss):.4g} lr={lr:.3g}",
+                    f"{steps_per_epoch} loss={step_loss:.4g} lr={lr:.3g}",
                     flush=True,
                 )
                 if logger is not None and step > last_logged_step:  # a re-run step logs once
-                    logger.log_metrics({"step_loss": float(loss)}, step=step)
+                    logger.log_metrics({"step_loss": step_loss}, step=step)
             t_data = time.perf_counter()
         elapsed = time.perf_counter() - t_epoch
         metrics = {

@@ -17,13 +17,12 @@ import pytest
 import torch
 
 from distcl import checkpoint, config
-from tests.test_train_e2e import tiny_overrides
+from tests.tiny import tiny_overrides
 
 pytestmark = pytest.mark.slow
-EPOCHS = 4
 
 
-def _cfg(betons: Path, tmp: Path, name: str, epochs: int = EPOCHS, batch: int = 64, *extra: str):
+def _cfg(betons: Path, tmp: Path, name: str, epochs: int, batch: int, *extra: str):
     return config.load(
         None,
         tiny_overrides(
@@ -35,6 +34,9 @@ def _cfg(betons: Path, tmp: Path, name: str, epochs: int = EPOCHS, batch: int = 
             "eval.knn_every=0",
             "eval.baselines=false",
             "eval.probe=false",
+            "eval.semi=false",
+            "eval.tsne_points=0",
+            "tracking.log_model=false",
             "train.keep_checkpoints=3",
             f"train.run_name={name}",
             "train.seed=7",
@@ -94,35 +96,6 @@ def _history(tmp: Path, run_id: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, "loss"))
 
 
-def _final_loss(tmp: Path, run_id: str) -> float:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
-    return max(client.get_metric_history(run_id, "loss"), key=lambda m: m.step).value
-
-
-def test_killed_worker_resumes_without_lost_or_duplicated_epochs(
-    ray_session, tiny_betons, tmp_path
-):
-    from distcl.driver import fit
-
-    clean = fit(_cfg(tiny_betons, tmp_path / "clean", "clean"))
-    thread, out = _fit_in_thread(_cfg(tiny_betons, tmp_path / "killed", "killed"))
-    _wait_for_checkpoints(tmp_path / "killed" / "runs", 1, thread, out)
-    killed_pid = _kill_one_worker(ray_session)
-    thread.join(timeout=600)
-    assert "error" not in out, out.get("error")
-    summary = out["summary"]
-    state = checkpoint.load(summary["checkpoint"])
-    assert state["epoch"] == EPOCHS
-    assert _history(tmp_path / "killed", summary["mlflow_run_id"]) == list(range(1, EPOCHS + 1))
-    with pytest.raises(ProcessLookupError):
-        os.kill(killed_pid, 0)
-    clean_loss = _final_loss(tmp_path / "clean", clean["mlflow_run_id"])
-    killed_loss = _final_loss(tmp_path / "killed", summary["mlflow_run_id"])
-    assert abs(killed_loss - clean_loss) / clean_loss < 0.1, (killed_loss, clean_loss)
-
-
 def _system_metric_times(tmp: Path, run_id: str) -> list[float]:
     """Seconds since the epoch of every CPU sample the system-metrics monitor logged."""
     from mlflow.tracking import MlflowClient
@@ -155,7 +128,7 @@ def test_corrupt_checkpoint_falls_back_after_a_worker_restart_and_on_resume(
     # Ray registers it. Each worker's report queue holds one result, so once folder 4 exists,
     # Ray has taken report 2 from both workers: checkpoints 1 and 2 (at least) are registered.
     _wait_for_checkpoints(storage, 4, thread, out)
-    _kill_one_worker(ray_session)
+    killed_pid = _kill_one_worker(ray_session)
     killed_at = time.time()
     first, *corrupted = _checkpoints(storage)
     for ckpt in corrupted:  # whichever of these Ray hands back, it does not load
@@ -163,12 +136,16 @@ def test_corrupt_checkpoint_falls_back_after_a_worker_restart_and_on_resume(
     thread.join(timeout=600)
     text = capfd.readouterr().out
     assert "error" not in out, out.get("error")
+    with pytest.raises(ProcessLookupError):  # the run finished on a new worker group
+        os.kill(killed_pid, 0)
     warned = [c for c in corrupted if f"checkpoint {c}/state.pt is corrupt or unreadable" in text]
     assert warned, f"no warning named any of {corrupted}"
     assert f"resuming from the previous checkpoint {first}\n" in text
     assert "distcl: resumed at epoch 1, step" in text
     summary = out["summary"]
     assert checkpoint.load(summary["checkpoint"])["epoch"] == 7
+    # The epochs after the first ran again after the fallback to checkpoint 1; MLflow still
+    # holds each epoch exactly once, nothing lost and nothing duplicated.
     assert _history(tmp_path, summary["mlflow_run_id"]) == list(range(1, 8))
     # The driver's system-metrics monitor outlives the worker group it samples around.
     assert max(_system_metric_times(tmp_path, summary["mlflow_run_id"])) > killed_at

@@ -35,6 +35,9 @@ TINY = [
     "eval.baselines=false",
     "data.max_images=256",
     "optim.warmup_epochs=0",
+    "eval.semi=false",  # as in the shipped spaces: trials skip fine-tuning, t-SNE and the model
+    "eval.tsne_points=0",
+    "tracking.log_model=false",
 ]
 
 
@@ -100,6 +103,36 @@ def test_optuna_missing_is_a_clear_error(tmp_path):
             _search_alg(space)
     else:
         assert type(_search_alg(space)).__name__ == "OptunaSearch"
+
+
+def _draws(space, n: int) -> list[dict]:
+    """The first `n` trial configs the space's search algorithm generates (no Ray needed)."""
+    from ray.tune.experiment import Experiment
+
+    from distcl.sweep import _search_alg
+    from distcl.sweep_space import param_space
+
+    alg = _search_alg(space)  # no concurrency cap: every trial is generated at once
+    alg.add_configurations(
+        [Experiment("e", run=lambda _: None, config=param_space(space), num_samples=n)]
+    )
+    return [alg.next_trial().config for _ in range(n)]
+
+
+def test_a_seeded_space_draws_the_same_trials_every_time(tmp_path):
+    doc = {"params": {"loss.temperature": {"loguniform": [0.05, 1.0]}}, "num_samples": 4}
+    seeded = load_space(write_space(tmp_path / "s.yaml", seed=0, **doc))
+    assert seeded.seed == 0 and seeded.describe()["sweep.seed"] == 0
+    first = _draws(seeded, 4)
+    assert _draws(seeded, 4) == first
+    temps = [c["loss.temperature"] for c in first]
+    assert len(set(temps)) == 4 and all(0.05 <= t <= 1.0 for t in temps)
+    assert _draws(load_space(write_space(tmp_path / "t.yaml", seed=1, **doc)), 4) != first
+    unseeded = load_space(write_space(tmp_path / "u.yaml", **doc))
+    assert _draws(unseeded, 4) != _draws(unseeded, 4)  # fresh draws each sweep
+    with pytest.raises(config.ConfigError, match="seed must be an integer >= 0"):
+        load_space(write_space(tmp_path / "v.yaml", seed=-1, **doc))
+    assert load_space("tune/fmnist_default.yaml").seed == 0  # the README's sweep reruns
 
 
 @pytest.fixture(scope="module")

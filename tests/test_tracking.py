@@ -1,20 +1,24 @@
 """MLflow tracking: URIs and secrets, system metrics, and one real run over HTTP end to end.
 
 The end-to-end part trains once, in process, against the `mlflow_server` fixture (a real
-`mlflow server` with SQLite), then checks what landed there: tags, params, metrics, system
-metrics, artifacts, the encoder loaded back with `mlflow.pytorch.load_model`, the baseline runs
-and their reuse, `distcl compare`'s Δ values and `distcl eval --run ... --dataset B`.
+`mlflow server` with SQLite), then checks what it wrote: the summary JSON, a loadable
+checkpoint, tags, params, metrics, system metrics, artifacts, the encoder loaded back with
+`mlflow.pytorch.load_model`, the baseline runs and their reuse, `distcl compare`'s Δ values
+and `distcl eval --run ... --dataset B`.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from distcl import __version__, baselines, compare, config, eval_cli, tracking
+from tests.tiny import tiny_overrides
 
 EXP = "distcl-fashion_mnist"
 
@@ -136,34 +140,37 @@ def test_supervised_baseline_is_looked_up_by_arch_and_split(tmp_path):
 
 @pytest.fixture(scope="module")
 def server_fit(ray_session, tiny_betons, mlflow_server, tmp_path_factory):
+    """`distcl train` of the tiny config, once, logging to the real MLflow server."""
     from distcl.driver import fit
 
     tmp = tmp_path_factory.mktemp("tracking-e2e")
-    cfg = config.load(
-        None,
-        [
-            f"data.beton_dir={tiny_betons}",
-            "model.width=8",
-            "model.feat_dim=0",  # 8 x width: the tiny net
-            "model.proj_hidden=64",
-            "model.proj_dim=32",
-            "train.global_batch=128",
-            "train.epochs=1",
-            "eval.knn_every=1",
-            "eval.knn_train_images=0",
-            f"train.storage_path={tmp / 'runs'}",
-            f"tracking.uri={mlflow_server}",
-            "eval.semi_steps=5",
-            "eval.tsne_points=100",
-            "tracking.system_metrics_interval=1",
-            "tracking.register=true",
-        ],
+    overrides = tiny_overrides(
+        tiny_betons,
+        tmp,
+        f"tracking.uri={mlflow_server}",
+        "tracking.system_metrics_interval=1",
+        "tracking.register=true",
     )
-    summary = fit(cfg)
+    cfg = config.load(None, overrides)
+    summary = fit(cfg, summary_json=str(tmp / "summary.json"))
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=mlflow_server)
     return cfg, summary, client, client.get_run(summary["mlflow_run_id"])
+
+
+@pytest.mark.slow
+def test_train_writes_summary_json_and_a_loadable_checkpoint(server_fit):
+    from distcl import checkpoint
+
+    cfg, summary, client, run = server_fit
+    written = json.loads((Path(cfg.train.storage_path).parent / "summary.json").read_text())
+    assert written["mlflow_run_id"] == summary["mlflow_run_id"] == run.info.run_id
+    assert written["linear_acc"] == summary["linear_acc"]
+    assert 0.0 <= written["linear_acc"] <= 1.0 and "raw_pixels" in written["baselines"]
+    state = checkpoint.load(summary["checkpoint"])
+    assert int(state["epoch"]) == cfg.train.epochs == 1
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1]
 
 
 def _labels(tiny_betons):
@@ -217,8 +224,6 @@ def test_run_is_fully_tracked_over_http(server_fit, tiny_betons):
 
 @pytest.mark.slow
 def test_artifacts_and_encoder_load_back(server_fit, tiny_betons, monkeypatch):
-    import json
-
     import mlflow
     import mlflow.pytorch
 
