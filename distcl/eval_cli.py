@@ -84,10 +84,11 @@ def _run_encoder(uri: str, run: Any, cfg: Config) -> nn.Module:
     )
 
 
-def _features(encoder: nn.Module, data: dict[str, Any], channels: int):
-    from distcl.evaluate import extract_features
+def _features(encoder: nn.Module, data: dict[str, Any], channels: int, precision: str):
+    """Train and test features, computed as the run's final evaluation computes them."""
+    from distcl.evaluate import extract_features, frozen_feature_kwargs
 
-    kw = {"channels": channels, "device": torch.device("cpu"), "num_workers": 2}
+    kw = frozen_feature_kwargs(precision, channels)
     return (
         *extract_features(encoder, data["train_eval_path"], **kw),
         *extract_features(encoder, data["test_path"], **kw),
@@ -111,7 +112,9 @@ def evaluate_run(
     out: dict[str, float] = {}
     if what & {"knn", "linear", "semi", "baselines"}:
         data = prepare_data(cfg)
-        tr_x, tr_y, te_x, te_y = _features(encoder, data, data["meta"]["channels"])
+        tr_x, tr_y, te_x, te_y = _features(
+            encoder, data, data["meta"]["channels"], cfg.train.precision
+        )
         if what & {"knn", "linear"}:
             out.update(
                 baselines.frozen_metrics(tr_x, tr_y, te_x, te_y, cfg.eval.knn_k, "linear" in what)
@@ -138,7 +141,7 @@ def evaluate_run(
         }
         data_b = prepare_data(_config(flat))
         adapter = InputAdapter(encoder, in_channels(encoder), cfg.data.resolution)
-        tr_x, tr_y, te_x, te_y = _features(adapter, data_b, 3)
+        tr_x, tr_y, te_x, te_y = _features(adapter, data_b, 3, cfg.train.precision)
         metrics = baselines.frozen_metrics(tr_x, tr_y, te_x, te_y, cfg.eval.knn_k)
         out.update({f"transfer_{dataset}_{k}": v for k, v in metrics.items()})
     if logger is not None and out:

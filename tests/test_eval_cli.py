@@ -8,7 +8,7 @@ import torch
 
 from distcl import baselines, checkpoint, config, eval_cli, tracking
 from distcl.cli import main as cli_main
-from distcl.evaluate import extract_features
+from distcl.evaluate import extract_features, frozen_feature_kwargs
 from distcl.final_eval import load_encoder
 from distcl.models.methods import build_method
 
@@ -54,7 +54,7 @@ def test_eval_checkpoint_logs_knn_and_linear_into_its_run(ckpt, tiny_betons, cap
     assert cli_main(["eval", "--checkpoint", str(path), "--what", "knn,linear"]) == 0
     assert "linear_acc" in capsys.readouterr().out
     enc = load_encoder(cfg, state, state["meta"])
-    kw = {"channels": 1, "device": torch.device("cpu")}
+    kw = frozen_feature_kwargs(cfg.train.precision, 1)  # as the run's final evaluation does
     tr = extract_features(enc, str(tiny_betons / "fashion_mnist-train.beton"), **kw)
     te = extract_features(enc, str(tiny_betons / "fashion_mnist-test.beton"), **kw)
     expected = baselines.frozen_metrics(*tr, *te, knn_k=5)
