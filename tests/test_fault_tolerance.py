@@ -22,29 +22,6 @@ from tests.tiny import tiny_overrides
 pytestmark = pytest.mark.slow
 
 
-def _cfg(betons: Path, tmp: Path, name: str, epochs: int, batch: int, *extra: str):
-    return config.load(
-        None,
-        tiny_overrides(
-            betons,
-            tmp,
-            f"train.epochs={epochs}",
-            "train.max_failures=1",
-            f"train.global_batch={batch}",
-            "eval.knn_every=0",
-            "eval.baselines=false",
-            "eval.probe=false",
-            "eval.semi=false",
-            "eval.tsne_points=0",
-            "tracking.log_model=false",
-            "train.keep_checkpoints=3",
-            f"train.run_name={name}",
-            "train.seed=7",
-            *extra,
-        ),
-    )
-
-
 def _checkpoints(storage: Path) -> list[Path]:
     return sorted(p for p in storage.glob("*/checkpoint_*") if p.is_dir())
 
@@ -121,8 +98,26 @@ def test_corrupt_checkpoint_falls_back_after_a_worker_restart_and_on_resume(
     storage = tmp_path / "runs"
     # Small batches and spare epochs keep the run going while the test kills and corrupts;
     # keeping every checkpoint keeps the first one on disk as the readable fallback.
-    extra = ("train.keep_checkpoints=7", "tracking.system_metrics_interval=1")
-    cfg = _cfg(tiny_betons, tmp_path, "corrupt", 7, 16, *extra)
+    cfg = config.load(
+        None,
+        tiny_overrides(
+            tiny_betons,
+            tmp_path,
+            "train.epochs=7",
+            "train.global_batch=16",
+            "train.keep_checkpoints=7",
+            "train.max_failures=1",
+            "train.run_name=corrupt",
+            "train.seed=7",
+            "eval.knn_every=0",
+            "eval.baselines=false",
+            "eval.probe=false",
+            "eval.semi=false",
+            "eval.tsne_points=0",
+            "tracking.log_model=false",
+            "tracking.system_metrics_interval=1",
+        ),
+    )
     thread, out = _fit_in_thread(cfg)
     # A restarted group gets Ray's latest *registered* checkpoint, and a folder is on disk before
     # Ray registers it. Each worker's report queue holds one result, so once folder 4 exists,
