@@ -46,7 +46,7 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check distcl tests benchmarks
 	$(VENV)/bin/ruff format --check distcl tests benchmarks
-	shellcheck cluster/slurm/distcl.sbatch
+	shellcheck cluster/slurm/distcl.sbatch benchmarks/gpu_check.sh
 
 format: install
 	$(VENV)/bin/ruff format distcl tests benchmarks

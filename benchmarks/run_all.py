@@ -39,6 +39,7 @@ BENCHMARKS = {
     "loss": ("bench_loss.py", 180, 150),
     "loader": ("bench_loader.py", 150, 120),
     "gradcache": ("bench_gradcache.py", 120, 120),
+    "collectives": ("bench_collectives.py", 120, 90),
     "train": ("bench_train.py", 300, 300),
     "scaling": ("bench_scaling.py", 240, 240),
 }

@@ -70,15 +70,24 @@ def _reason(exc: Exception) -> str:
 
 
 def rng_state() -> dict[str, Any]:
-    return {
+    """Every RNG a resumed run draws from: torch CPU, numpy, Python and, once CUDA is in use,
+    this process's current CUDA device (dropout and random ops on the GPU draw from it)."""
+    state = {
         "torch": torch.get_rng_state(),
         "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
         "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()  # a CPU ByteTensor: loads weights_only
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`'s output; a CUDA state is restored where CUDA is available
+    (a GPU checkpoint resumed on a CPU machine skips it)."""
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
     np_state = np.random.get_state()
     np.random.set_state((np_state[0], state["numpy"].numpy().astype(np.uint32), *np_state[2:]))
     py = random.getstate()

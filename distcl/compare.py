@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -173,7 +172,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tracking-uri",
         default="",
-        help="MLflow URI (default: $MLFLOW_TRACKING_URI, else tracking.uri of --config)",
+        help="MLflow URI (default: tracking.uri of --config, else $MLFLOW_TRACKING_URI)",
     )
     p.add_argument("--config", default=None, help="preset or YAML giving the defaults")
     p.add_argument("--out", default="reports", help="folder for compare.md/.csv/.png")
@@ -186,9 +185,7 @@ def main(argv: list[str]) -> int:
 
     args = _parser().parse_args(argv)
     cfg = config.load(args.config)
-    uri = tracking.resolve_uri(
-        args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "") or cfg.tracking.uri
-    )
+    uri = tracking.resolve_uri(args.tracking_uri or cfg.tracking.uri)  # else the env, else SQLite
     tracking.check_reachable(uri)
     if args.parent:
         parent = tracking.get_run(uri, args.parent)

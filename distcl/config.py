@@ -139,7 +139,9 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    uri: str = "sqlite:///mlflow.db"  # MLflow tracking URI (env MLFLOW_TRACKING_URI overrides "")
+    # MLflow tracking URI, in MLflow's order: this key when set, else $MLFLOW_TRACKING_URI, else
+    # sqlite:///mlflow.db in the driver's folder (one machine only: a cluster needs a server)
+    uri: str = ""
     experiment: str = ""  # "" = one experiment per dataset: distcl-<dataset>
     enabled: bool = True
     log_model: bool = True  # log the encoder with mlflow.pytorch.log_model (a pickled nn.Module)

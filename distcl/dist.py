@@ -63,10 +63,33 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:
-        grad = grad.contiguous().clone()  # all_reduce is in place; autograd owns `grad`
-        tdist.all_reduce(grad, op=tdist.ReduceOp.SUM)
-        start = get_rank() * ctx.local_n
-        return grad[start : start + ctx.local_n]
+        if tdist.get_backend() == "nccl":
+            return rows_summed_reduce_scatter(grad, ctx.local_n)
+        return rows_summed_all_reduce(grad, ctx.local_n)
+
+
+def rows_summed_reduce_scatter(grad: Tensor, local_n: int) -> Tensor:
+    """This rank's ``B x ...`` slice of ``(W*B) x ...`` rows (rank order), summed over ranks,
+    by a reduce-scatter: 1/W of the data an all-reduce of the whole gradient moves. The gather's
+    backward uses it on NCCL."""
+    grad = grad.contiguous()
+    out = grad.new_empty((local_n, *grad.shape[1:]))
+    _reduce_scatter(out, grad)
+    return out
+
+
+def rows_summed_all_reduce(grad: Tensor, local_n: int) -> Tensor:
+    """The same slice by an all-reduce of the whole gradient. The gather's backward uses it on
+    gloo, whose reduce-scatter ran 1.3-1.4x slower than its all-reduce on 2 CPU ranks
+    (benchmarks/bench_collectives.py)."""
+    grad = grad.contiguous().clone()  # all_reduce is in place; autograd owns `grad`
+    tdist.all_reduce(grad, op=tdist.ReduceOp.SUM)
+    start = get_rank() * local_n
+    return grad[start : start + local_n]
+
+
+# torch 2.14 renamed reduce_scatter_tensor (deprecated there) to reduce_scatter_single.
+_reduce_scatter = getattr(tdist, "reduce_scatter_single", None) or tdist.reduce_scatter_tensor
 
 
 def gather_with_grad(x: Tensor) -> Tensor:
@@ -77,8 +100,9 @@ def gather_with_grad(x: Tensor) -> Tensor:
     WARNING: plain ``torch.distributed.all_gather`` carries NO gradient. Its outputs are fresh
     tensors outside the autograd graph, so negatives gathered with it never push back on the rank
     that produced them, and the model silently trains on a fraction of the loss's gradient (only
-    through its own rows). This function's backward all-reduces (SUM) the gradient of the gathered
-    tensor and returns this rank's slice. The sum is right under DDP, which averages parameter
+    through its own rows). This function's backward sums the gradient of the gathered tensor
+    over ranks and hands each rank its own slice (a reduce-scatter on NCCL; an all-reduce and a
+    slice on gloo, where that measured faster). The sum is right under DDP, which averages parameter
     gradients over ``W`` ranks: ``(1/W) * sum_r dL_r/dz_i`` is exactly the gradient of the mean
     of the per-rank losses (see the module docstring). Every rank must call backward.
 
@@ -147,6 +171,34 @@ def all_reduce_mean_scalar(value: float) -> float:
     t = torch.tensor([float(value)], dtype=torch.float64, device=device)
     tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
     return float(t.item()) / get_world_size()
+
+
+def all_ranks_true(flag: Tensor) -> bool:
+    """Whether the 0-d bool ``flag`` is True on EVERY rank (one all-reduce of one number).
+
+    Use it where ranks must take the same branch before a collective, such as skipping a
+    non-finite step: a rank that decided alone would leave the others waiting in DDP's
+    all-reduce until the backend's timeout. The read is a host sync.
+    """
+    if get_world_size() == 1:
+        return bool(flag.item())
+    votes = flag.detach().reshape(1).to(torch.int32)  # on the flag's device: CUDA for NCCL
+    tdist.all_reduce(votes, op=tdist.ReduceOp.MIN)
+    return bool(votes.item())
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (BatchNorm running statistics, queues) to every rank.
+
+    DDP runs with ``broadcast_buffers=False`` (it would broadcast every buffer before every
+    forward); BatchNorm running statistics are the only buffers that drift apart across ranks,
+    and only evaluation reads them, so the loop calls this once per epoch, before the kNN
+    monitor and the checkpoint. A no-op at world size 1.
+    """
+    if get_world_size() == 1:
+        return
+    for buf in module.buffers():
+        tdist.broadcast(buf.data, src=src)
 
 
 def barrier() -> None:

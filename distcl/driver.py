@@ -15,6 +15,7 @@ from typing import Any
 from distcl import __version__, checkpoint, tracking
 from distcl.config import Config, ConfigError
 from distcl.data import beton
+from distcl.storage import filesystem
 
 RUN_FILE = "distcl_run.json"  # per run directory: the MLflow run id, so a resume logs into it
 
@@ -50,21 +51,12 @@ def prepare_data(cfg: Config) -> dict[str, Any]:
     }
 
 
-def _storage(path: str):
-    """(pyarrow filesystem, base path) for a local folder or an s3:// / gs:// URI, as Ray uses."""
-    import pyarrow.fs
-
-    if "://" not in path:
-        path = str(Path(path).resolve())
-    return pyarrow.fs.FileSystem.from_uri(path)
-
-
 def _run_dir_name(cfg: Config, storage: str, resume: bool) -> str:
     """A fresh directory per run; `--resume` picks the newest one of the same run name."""
     import pyarrow.fs
 
     if resume:
-        fs, base = _storage(storage)
+        fs, base = filesystem(storage)
         infos = fs.get_file_info(pyarrow.fs.FileSelector(base, allow_not_found=True))
         existing = sorted(
             i.base_name
@@ -80,7 +72,7 @@ def _run_dir_name(cfg: Config, storage: str, resume: bool) -> str:
 
 
 def _read_run_file(storage: str, name: str) -> dict | None:
-    fs, base = _storage(storage)
+    fs, base = filesystem(storage)
     try:
         with fs.open_input_stream(f"{base}/{name}/{RUN_FILE}") as f:
             return json.loads(f.read())
@@ -89,10 +81,16 @@ def _read_run_file(storage: str, name: str) -> dict | None:
 
 
 def _write_run_file(storage: str, name: str, payload: dict) -> None:
-    fs, base = _storage(storage)
+    fs, base = filesystem(storage)
     fs.create_dir(f"{base}/{name}", recursive=True)
     with fs.open_output_stream(f"{base}/{name}/{RUN_FILE}") as f:
         f.write(json.dumps(payload).encode())
+
+
+def _driver_node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
 def _open_tracking(cfg: Config, uri: str, storage: str, name: str, data: dict):
@@ -112,6 +110,7 @@ def _open_tracking(cfg: Config, uri: str, storage: str, name: str, data: dict):
         "git_commit": tracking.git_commit(),
         "distcl_version": __version__,
         "world_size": cfg.train.num_workers,
+        "driver_node_id": _driver_node_id(),  # rank 0's node is the worker_node_ids tag's first
     }
     experiment = cfg.tracking.experiment or f"distcl-{cfg.data.dataset}"
     logger = tracking.start_run(uri, experiment, cfg.run_name, cfg.to_flat(), tags, cfg.to_yaml())
@@ -122,8 +121,8 @@ def _open_tracking(cfg: Config, uri: str, storage: str, name: str, data: dict):
 def fit(cfg: Config, *, resume: bool = False, summary_json: str | None = None) -> dict[str, Any]:
     """Train with Ray Train, evaluate in the driver, log to MLflow; returns the summary."""
     from distcl.final_eval import final_evaluation, print_table
-    from distcl.preflight import preflight
-    from distcl.train import ensure_ray, run_trainer
+    from distcl.preflight import check_local_tracking, preflight
+    from distcl.train import cluster_shape, ensure_ray, run_trainer
 
     uri = tracking.resolve_uri(cfg.tracking.uri)
     storage = cfg.train.storage_path
@@ -132,8 +131,10 @@ def fit(cfg: Config, *, resume: bool = False, summary_json: str | None = None) -
     preflight(cfg, uri, Path(storage))
     data = prepare_data(cfg)
     name = _run_dir_name(cfg, storage, resume)
+    ensure_ray()  # connecting is cheap; the MLflow run is created only once the store is usable
+    nodes, fits = cluster_shape(cfg)
+    check_local_tracking(cfg, uri, nodes=nodes, workers_fit_here=fits)
     logger = _open_tracking(cfg, uri, storage, name, data) if cfg.tracking.enabled else None
-    ensure_ray()
     loop_cfg = {
         "config": cfg.to_flat(),
         **data,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -175,13 +174,13 @@ def main(argv: list[str]) -> int:
             raise ConfigError("--what transfer needs --dataset B (e.g. --dataset cifar10)")
         if not (args.run or args.checkpoint):
             raise ConfigError("distcl eval needs --run RUN_ID or --checkpoint DIR")
-        uri = tracking.resolve_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", ""))
+        uri = tracking.resolve_uri(args.tracking_uri)  # else $MLFLOW_TRACKING_URI, else SQLite
         data_kw = {"data.beton_dir": args.beton_dir, "data.root": args.root}
         if args.checkpoint:
             state = checkpoint.load(args.checkpoint)
             cfg = _config(state["config"], **data_kw)
             run_id = args.run or state.get("mlflow_run_id", "")
-            if not args.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
+            if not args.tracking_uri:  # the run's own tracking.uri, else as resolved above
                 uri = tracking.resolve_uri(cfg.tracking.uri)
             from distcl.final_eval import load_encoder
 
@@ -200,7 +199,7 @@ def main(argv: list[str]) -> int:
             run_id=run_id,
             logger=logger,
         )
-    except (ConfigError, tracking.TrackingError) as exc:
+    except (ConfigError, tracking.TrackingError, checkpoint.CheckpointError) as exc:
         print(f"distcl eval: error: {exc}", file=sys.stderr)
         return 2
     for k, v in sorted(out.items()):

@@ -89,7 +89,7 @@ def knn_accuracy(
     for i in range(0, len(test_x), chunk):
         sim = test_x[i : i + chunk] @ train_x.T  # c x N_train
         top_sim, top_idx = sim.topk(min(k, len(train_x)), dim=1)  # c x k
-        votes = torch.zeros(len(top_sim), classes)
+        votes = torch.zeros(len(top_sim), classes, device=top_sim.device)
         votes.scatter_add_(1, train_y[top_idx], (top_sim / t).exp())
         correct += int((votes.argmax(1) == test_y[i : i + chunk]).sum())
     return correct / len(test_x)

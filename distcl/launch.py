@@ -205,14 +205,56 @@ def build_runtime_env(args: argparse.Namespace) -> dict[str, Any]:
     return env
 
 
-def _warn_local_tracking(address: str, args: argparse.Namespace) -> None:
-    """MLflow URIs that name a local file work only when the cluster is this machine."""
-    uris = [o.split("=", 1)[1] for o in args.overrides if o.startswith("tracking.uri=")]
-    uri = uris[-1] if uris else os.environ.get("MLFLOW_TRACKING_URI", "")
-    host = urlsplit(address).hostname or ""
-    local = uri and not uri.startswith(("http://", "https://", "databricks"))
-    if local and host not in ("127.0.0.1", "localhost", "::1"):
-        _say(f"warning: MLflow URI {uri} is local to each node; use http://MLFLOW_HOST:5000")
+def job_tracking_uri(args: argparse.Namespace, runtime_env: dict[str, Any]) -> str:
+    """The MLflow URI the job will use, in `distcl train`'s order ("" = tracking is off):
+    a `tracking.uri=` override, the --config file's tracking.uri, the job's
+    MLFLOW_TRACKING_URI, else the local SQLite default."""
+    from distcl.config import ConfigError, load_yaml
+    from distcl.tracking import DEFAULT_URI
+
+    values: dict[str, Any] = {}
+    if args.config:
+        try:
+            values = load_yaml(args.config)
+        except ConfigError:  # a path that exists only on the head: the job checks it there
+            values = {}
+    values.update(o.split("=", 1) for o in args.overrides)
+    if str(values.get("tracking.enabled", True)).lower() in ("false", "0", "no", "off"):
+        return ""
+    env_uri = (runtime_env.get("env_vars") or {}).get("MLFLOW_TRACKING_URI", "")
+    return str(values.get("tracking.uri") or "") or env_uri or DEFAULT_URI
+
+
+def _alive_nodes(address: str) -> int | None:
+    """Alive nodes of the cluster, from the dashboard's state API (None if it did not answer)."""
+    import urllib.request
+
+    req = urllib.request.Request(f"{address}/api/v0/nodes?limit=10000", headers=auth_headers())
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            rows = json.loads(r.read())["data"]["result"]["result"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return sum(1 for n in rows if n.get("state") == "ALIVE")
+
+
+def check_job_tracking(address: str, uri: str) -> None:
+    """Refuse a SQLite or file MLflow store when the job's workers can run on other nodes:
+    each node would write its own file. Loopback single-node clusters may keep one."""
+    from distcl.tracking import is_local_uri
+
+    if not uri or not is_local_uri(uri):
+        return
+    remote = (urlsplit(address).hostname or "") not in ("127.0.0.1", "localhost", "::1")
+    nodes = None if remote else _alive_nodes(address)
+    if remote or (nodes or 1) > 1:
+        where = "a remote cluster" if remote else f"a cluster of {nodes} nodes"
+        raise LaunchError(
+            f"the job would track to {uri}, a file on the head, but {address} is {where}: rank 0 "
+            "on another node would write a different file. Run one MLflow server every node "
+            "reaches and pass it: MLFLOW_TRACKING_URI=http://MLFLOW_HOST:5000 distcl launch ... "
+            "(or tracking.uri=http://MLFLOW_HOST:5000, or tracking.enabled=false)"
+        )
 
 
 def job_exit_code(status: str, driver_exit_code: int | None) -> int:
@@ -294,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         if args.follow:
             return follow(client, args.follow)
-        _warn_local_tracking(address, args)
+        check_job_tracking(address, job_tracking_uri(args, runtime_env))
         submission_id = _call(
             address,
             lambda: client.submit_job(

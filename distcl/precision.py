@@ -34,10 +34,23 @@ def _device_type(device: str | torch.device) -> str:
     return torch.device(device).type
 
 
+def cuda_native_bf16(capability: tuple[int, int]) -> bool:
+    """Whether a CUDA GPU of compute `capability` has bf16 tensor cores: Ampere (8.0) and newer.
+
+    `torch.cuda.is_bf16_supported()` also says True on V100 (7.0) and T4 (7.5), where bf16 is
+    emulated and slower than fp32, so it is not the test for `train.precision=auto`.
+    """
+    return capability >= (8, 0)
+
+
 @functools.cache
 def _bf16_supported_cached(device_type: str) -> bool:
     if device_type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if not torch.cuda.is_available():
+            return False
+        if torch.version.hip:  # ROCm: torch's check follows the gfx arch (MI200/MI300: native)
+            return torch.cuda.is_bf16_supported()
+        return cuda_native_bf16(torch.cuda.get_device_capability())
     if device_type != "cpu":
         return False
     # Native bf16 on x86 needs avx512_bf16 or AMX; without them autocast still runs but emulates
@@ -79,8 +92,8 @@ def autocast(device: str | torch.device, enabled: bool) -> contextlib.AbstractCo
     if not bf16_supported(device):
         _warn_once(
             f"autocast:{dtype}",
-            f"precision.bf16=True but device {dtype!r} has no native bf16; running in fp32 "
-            "(set precision.bf16=False to silence this, or use an Ampere+ GPU / avx512_bf16 CPU)",
+            f"train.precision=bf16 but device {dtype!r} has no native bf16; running in fp32 "
+            "(set train.precision=fp32 to silence this, or use an Ampere+ GPU / avx512_bf16 CPU)",
         )
         return contextlib.nullcontext()
     return torch.autocast(dtype, dtype=torch.bfloat16)
@@ -102,8 +115,8 @@ def to_channels_last(model: nn.Module, enabled: bool) -> nn.Module:
     if not any(p.ndim == 4 for p in model.parameters()):
         _warn_once(
             "channels_last:no_conv",
-            "precision.channels_last=True but the model has no 4-D (conv) weights; left as is "
-            "(set precision.channels_last=False for MLP/transformer encoders)",
+            "train.channels_last=true but the model has no 4-D (conv) weights; left as is "
+            "(set train.channels_last=false for MLP/transformer encoders)",
         )
         return model
     return model.to(memory_format=torch.channels_last)
@@ -126,7 +139,7 @@ def maybe_sync_batchnorm(model: nn.Module, enabled: bool) -> nn.Module:
     if not dist.is_dist() or dist.get_world_size() <= 1:
         _warn_once(
             "syncbn:no_group",
-            "model.sync_bn=True but there is no process group with world size > 1; keeping "
+            "train.sync_bn=true but there is no process group with world size > 1; keeping "
             "BatchNorm (SyncBatchNorm only matters with several ranks)",
         )
         return model
@@ -135,9 +148,9 @@ def maybe_sync_batchnorm(model: nn.Module, enabled: bool) -> nn.Module:
     if device_type not in ("cuda", "xpu", "hpu"):
         _warn_once(
             "syncbn:cpu",
-            f"model.sync_bn=True but parameters are on {device_type!r}; torch's SyncBatchNorm "
+            f"train.sync_bn=true but parameters are on {device_type!r}; torch's SyncBatchNorm "
             "supports only GPU inputs (it raises on CPU/gloo), so each rank keeps local "
-            "BatchNorm statistics (set model.sync_bn=False on CPU, or move the model first)",
+            "BatchNorm statistics (set train.sync_bn=false on CPU, or move the model first)",
         )
         return model
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -155,8 +168,26 @@ def no_warnings_seen() -> Iterator[None]:
         _warned.update(saved)
 
 
-def use_bf16(precision: str, device: str | torch.device) -> bool:
-    """The run's bf16 decision from `train.precision`: auto = bf16 where `device` supports it."""
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """What a run with `train.precision=precision` computes in on `device`: "bf16" or "fp32".
+
+    auto: bf16 where the hardware has it natively (Ampere+ GPUs, avx512_bf16/AMX CPUs), else
+    fp32; never emulated bf16, which is slower than fp32. bf16 asked for on hardware without it
+    runs fp32 with one warning. Rank 0 logs the answer as the run's `precision_used` param.
+    """
     if precision == "fp32":
-        return False
-    return precision == "bf16" or bf16_supported(device)
+        return "fp32"
+    if bf16_supported(device):
+        return "bf16"
+    if precision == "bf16":
+        _warn_once(
+            f"precision:{_device_type(device)}",
+            f"train.precision=bf16 but {_device_type(device)!r} has no native bf16 (a GPU before "
+            "Ampere, or a CPU without avx512_bf16/AMX); running in fp32",
+        )
+    return "fp32"
+
+
+def use_bf16(precision: str, device: str | torch.device) -> bool:
+    """The run's bf16 decision from `train.precision` (see :func:`resolve_precision`)."""
+    return resolve_precision(precision, device) == "bf16"

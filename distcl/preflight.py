@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 from distcl.config import Config, ConfigError
+from distcl.validate import tracking_uri_problem
 
 
 def check_storage(storage: Path) -> None:
@@ -47,10 +48,46 @@ def check_cpus(cfg: Config) -> None:
             )
 
 
+def check_tracking_scheme(cfg: Config) -> None:
+    """$MLFLOW_TRACKING_URI gets the scheme check that `tracking.uri` got in validation."""
+    env = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if cfg.tracking.enabled and not cfg.tracking.uri and env:
+        problem = tracking_uri_problem(env, "MLFLOW_TRACKING_URI")
+        if problem:
+            raise ConfigError(problem)
+
+
+def check_local_tracking(cfg: Config, uri: str, *, nodes: int, workers_fit_here: bool) -> None:
+    """A SQLite or file store is a file on one machine: refuse it when ranks may run elsewhere.
+
+    `nodes` is the number of alive Ray nodes; `workers_fit_here` says whether the driver's node
+    alone can host every worker (False on a cluster that autoscales from an empty head).
+    """
+    from distcl import tracking
+
+    if not cfg.tracking.enabled or not tracking.is_local_uri(uri):
+        return
+    if nodes <= 1 and workers_fit_here:
+        return
+    where = (
+        f"the Ray cluster has {nodes} nodes"
+        if nodes > 1
+        else "the workers cannot run on the driver's node (the autoscaler will add nodes)"
+    )
+    raise ConfigError(
+        f"{tracking.uri_origin(cfg.tracking.uri)} gives the MLflow store {uri}, a file on this "
+        f"machine, but {where}: rank 0 on another node would write to a different file. Run "
+        "one MLflow server that every node reaches (mlflow server --host 0.0.0.0 --port 5000 "
+        "--backend-store-uri sqlite:////ABS/mlflow.db --artifacts-destination /ABS/artifacts) "
+        "and set MLFLOW_TRACKING_URI=http://HEAD:5000, or set tracking.enabled=false"
+    )
+
+
 def preflight(cfg: Config, tracking_uri: str, storage: Path) -> None:
     from distcl import tracking
 
     check_cpus(cfg)
+    check_tracking_scheme(cfg)
     check_storage(storage)
     if cfg.tracking.enabled:
         try:

@@ -1,70 +1,34 @@
 """`distcl sweep`: a Ray Tune search whose trials each run the same Ray Train job as `distcl train`.
 
-    distcl sweep --space tune/fmnist_default.yaml [--config PRESET] [key.sub=value ...]
+    distcl sweep --space tune/NAME.yaml [--config PRESET] [--autoscaling] [key.sub=value ...]
     distcl sweep --resume --name NAME [--storage-path DIR]
 
 The space YAML (format in tune/README.md) names the sampled `key.sub` values, the search
 (random/grid via Tune's basic variant generator, or Optuna), ASHA early stopping on the
 per-epoch `knn_acc`, and fixed overrides. The trial driver only waits on its Ray Train run, so
-it asks Tune for 0.01 CPU (Tune refuses 0); its workers take `train.cpus_per_worker` each, and
-the number of concurrent trials is derived from `ray.cluster_resources()` so that a trial's
-worker group always fits (more trials queue in Tune rather than hang in Ray Train). MLflow gets
-one parent run per sweep and one child run per trial (Li et al. 2020, ASHA: arXiv:1810.05934).
+it asks Tune for 0.01 CPU (Tune refuses 0); its workers take `train.cpus_per_worker` each (and
+one GPU each with `train.use_gpu`), and `plan_resources` derives the concurrent trials from the
+cluster's CPUs and GPUs so that a trial's worker group always fits (more trials queue in Tune
+rather than hang in Ray Train); on an autoscaling cluster it plans with the requested sizes.
+The sweep folder may be a local path or an s3:// / gs:// URI. MLflow gets one parent run per
+sweep and one child run per trial (Li et al. 2020, ASHA: arXiv:1810.05934).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
 
 from distcl import checkpoint, tracking
 from distcl.config import ConfigError, build, load_yaml, parse_overrides
+from distcl.storage import filesystem, read_text, storage_root, write_text
+from distcl.sweep_plan import TRIAL_CPU, cluster_now, plan_resources
 from distcl.sweep_space import Space, load_space, param_space
 
 SWEEP_FILE = "distcl_sweep.json"  # in the sweep's folder: what --resume needs to rebuild it
-TRIAL_CPU = 0.01  # the trial driver's CPU share; Tune rejects {"cpu": 0}
-MIN_CPUS_PER_WORKER = 0.1  # below this a worker group fits but makes no progress
-
-
-def plan_resources(
-    num_workers: int,
-    cpus_per_worker: float,
-    total_cpus: float,
-    max_concurrent: int,
-    num_trials: int,
-) -> tuple[float, int]:
-    """(CPUs per worker, concurrent trials) so every running trial's worker group fits.
-
-    A trial needs TRIAL_CPU + num_workers x cpus_per_worker. When one trial does not fit, the
-    workers are shrunk to fractional CPUs (DESIGN: 0.5 lets two 2-worker trials share 2 cores);
-    concurrency is capped at what fits, so Tune queues the rest instead of starting trial
-    drivers whose worker groups would wait forever.
-    """
-    per_trial = TRIAL_CPU + num_workers * cpus_per_worker
-    if per_trial > total_cpus + 1e-9:
-        fitted = math.floor((total_cpus - TRIAL_CPU) / num_workers * 100) / 100
-        if fitted < MIN_CPUS_PER_WORKER:
-            raise ConfigError(
-                f"train.num_workers={num_workers} cannot fit on {total_cpus:g} Ray CPUs (each "
-                f"worker needs >= {MIN_CPUS_PER_WORKER} CPU); lower train.num_workers"
-            )
-        print(
-            f"distcl: train.cpus_per_worker={cpus_per_worker:g} x {num_workers} workers does "
-            f"not fit {total_cpus:g} CPUs; using train.cpus_per_worker={fitted:g}"
-        )
-        cpus_per_worker, per_trial = fitted, TRIAL_CPU + num_workers * fitted
-    fits = max(1, int((total_cpus + 1e-9) // per_trial))
-    wanted = max_concurrent or fits
-    if wanted > fits:
-        print(
-            f"distcl: max_concurrent={wanted} but only {fits} trial(s) of {per_trial:g} CPUs "
-            f"fit {total_cpus:g} CPUs; running {fits} at a time, the rest queue"
-        )
-    return cpus_per_worker, max(1, min(wanted, fits, num_trials or fits))
 
 
 def _epoch_callback(final_epoch: int):
@@ -213,59 +177,70 @@ def _new_state(args: argparse.Namespace) -> dict[str, Any]:
         "space_text": Path(args.space).read_text(),
         "preset": args.config or "fashion_mnist_simclr",
         "base": base,
+        "autoscaling": args.autoscaling,  # --resume plans for the same cluster
     }
 
 
-def _sweep_dir(args: argparse.Namespace, cfg_storage: str) -> Path:
-    return Path(args.storage_path or cfg_storage).resolve()
+def _sweep_dir(args: argparse.Namespace, cfg_storage: str) -> str:
+    return storage_root(args.storage_path or cfg_storage)
 
 
-def _find_resumable(storage: Path, name: str | None) -> Path:
+def _find_resumable(storage: str, name: str | None) -> str:
+    """The sweep folder `storage/name`, or without a name the one whose SWEEP_FILE is newest."""
+    from pyarrow.fs import FileSelector, FileType
+
+    fs, base = filesystem(storage)
     if name:
-        if (storage / name / SWEEP_FILE).is_file():
-            return storage / name
+        if fs.get_file_info(f"{base}/{name}/{SWEEP_FILE}").type == FileType.File:
+            return f"{storage}/{name}"
         raise ConfigError(
-            f"--resume --name {name}: no sweep at {storage / name}; check --name and --storage-path"
+            f"--resume --name {name}: no sweep at {storage}/{name}; check --name and --storage-path"
         )
-    found = sorted(storage.glob(f"*/{SWEEP_FILE}"), key=lambda p: p.stat().st_mtime)
+    folders = fs.get_file_info(FileSelector(base, allow_not_found=True))
+    records = fs.get_file_info(
+        [f"{d.path}/{SWEEP_FILE}" for d in folders if d.type == FileType.Directory]
+    )
+    found = sorted((r for r in records if r.type == FileType.File), key=lambda r: r.mtime_ns or 0)
     if not found:
         raise ConfigError(f"--resume: no sweep under {storage}; pass --storage-path and --name")
-    return found[-1].parent
+    return f"{storage}/{found[-1].path.rstrip('/').split('/')[-2]}"
 
 
 def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
     """Start (or resume) a sweep; returns the summary with the best trial."""
-    import ray
     from ray import tune
 
     from distcl.driver import prepare_data
+    from distcl.preflight import check_local_tracking
     from distcl.sweep_report import report_sweep
-    from distcl.train import ensure_ray
+    from distcl.train import cluster_shape, ensure_ray
 
     if args.resume:
-        base_storage = Path(args.storage_path or "runs").resolve()
-        sweep_dir = _find_resumable(base_storage, args.name)
-        state = json.loads((sweep_dir / SWEEP_FILE).read_text())
+        storage = storage_root(args.storage_path or "runs")
+        sweep_dir = _find_resumable(storage, args.name)
+        state = json.loads(read_text(f"{sweep_dir}/{SWEEP_FILE}"))
         space = load_space(state["space_path"], text=state["space_text"])
-        storage = sweep_dir.parent
     else:
         state = _new_state(args)
         space = load_space(args.space)
         storage = _sweep_dir(args, str(build(state["base"]).train.storage_path))
-        sweep_dir = storage / state["name"]
+        sweep_dir = f"{storage}/{state['name']}"
     base_cfg = build(state["base"])
     space.check_against(state["base"])
     uri = tracking.resolve_uri(base_cfg.tracking.uri)
     experiment = base_cfg.tracking.experiment or f"distcl-{base_cfg.data.dataset}"
     data = prepare_data(base_cfg)
     ensure_ray()
-    total = float(ray.cluster_resources().get("CPU", 0))
+    nodes, fits = cluster_shape(base_cfg)
+    check_local_tracking(base_cfg, uri, nodes=nodes, workers_fit_here=fits)
+    cluster = cluster_now(args.autoscaling or state.get("autoscaling", False))
     cpw, concurrent = plan_resources(
-        base_cfg.train.num_workers,
-        base_cfg.train.cpus_per_worker,
-        total,
-        space.max_concurrent,
-        space.trial_count(),
+        cluster,
+        num_workers=base_cfg.train.num_workers,
+        cpus_per_worker=base_cfg.train.cpus_per_worker,
+        use_gpu=base_cfg.train.use_gpu,
+        max_concurrent=space.max_concurrent,
+        num_trials=space.trial_count(),
     )
     base = {**state["base"], "train.cpus_per_worker": cpw, "eval.knn_every": 1}
     if space.asha:
@@ -282,7 +257,9 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
             **space.describe(),
             "sweep.max_concurrent_used": concurrent,
             "sweep.cpus_per_worker": cpw,
-            "sweep.ray_cpus": total,
+            "sweep.ray_cpus": cluster.cpus,
+            "sweep.ray_gpus": cluster.gpus,
+            "sweep.autoscaling": cluster.autoscaling,
             **{f"fixed.{k}": v for k, v in state["base"].items()},
         }
         parent = tracking.start_run(
@@ -296,8 +273,7 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
         )
         parent.log_text(state["space_text"], "space.yaml")
         state["parent_run_id"] = parent.run_id
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / SWEEP_FILE).write_text(json.dumps(state, indent=1))
+        write_text(f"{sweep_dir}/{SWEEP_FILE}", json.dumps(state, indent=1))
     ctx = {
         "base": base,
         "data": data,
@@ -305,12 +281,12 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
         "experiment": experiment,
         "parent_run_id": parent.run_id,
         "name": state["name"],
-        "train_storage": str(sweep_dir / "train"),
+        "train_storage": f"{sweep_dir}/train",
     }
     trainable = _trainable(ctx)
     try:
         if args.resume:
-            tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_errored=True)
+            tuner = tune.Tuner.restore(sweep_dir, trainable=trainable, resume_errored=True)
         else:
             tuner = tune.Tuner(
                 trainable,
@@ -324,7 +300,7 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
                     # a Searcher (Optuna) is wrapped in Tune's ConcurrencyLimiter
                     max_concurrent_trials=concurrent if space.search == "optuna" else None,
                 ),
-                run_config=tune.RunConfig(name=state["name"], storage_path=str(storage)),
+                run_config=tune.RunConfig(name=state["name"], storage_path=storage),
             )
         grid = tuner.fit()
         summary = report_sweep(grid, space, state, base, parent, sweep_dir)
@@ -342,7 +318,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
     p.add_argument("--name", default=None, help="sweep name (folder and MLflow parent run)")
     p.add_argument(
-        "--storage-path", default=None, help="folder for sweeps (default: train.storage_path)"
+        "--storage-path",
+        default=None,
+        help="folder or s3:// / gs:// URI for sweeps (default: train.storage_path)",
+    )
+    p.add_argument(
+        "--autoscaling",
+        action="store_true",
+        help="the Ray cluster adds nodes on demand: plan with the requested sizes, not its "
+        "current CPUs/GPUs",
     )
     p.add_argument("--summary-json", default=None, help="write the best trial to this JSON file")
     p.add_argument("overrides", nargs="*", help="key.sub=value fixed for every trial")

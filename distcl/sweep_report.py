@@ -101,9 +101,12 @@ def _close_stopped_children(rows: list[dict[str, Any]], parent) -> None:
 
 
 def report_sweep(
-    grid: Any, space: Space, state: dict[str, Any], base: dict[str, Any], parent, sweep_dir: Path
+    grid: Any, space: Space, state: dict[str, Any], base: dict[str, Any], parent, sweep_dir: str
 ) -> dict[str, Any]:
-    """Log the table, plot and best config to the parent run; returns the sweep summary."""
+    """Log the table, plot and best config to the parent run; returns the sweep summary.
+    `sweep_dir` is a local folder or a storage URI (s3://, gs://)."""
+    from distcl.storage import write_text
+
     rows = trial_rows(grid, space)
     _close_stopped_children(rows, parent)
     if not rows:
@@ -115,7 +118,7 @@ def report_sweep(
     scored = scored or [r for r in rows if r[space.metric] is not None]
     summary: dict[str, Any] = {
         "trials": len(rows),
-        "sweep_dir": str(sweep_dir),
+        "sweep_dir": sweep_dir,
         "rows": rows,
         "parent_run_id": parent.run_id,
         "stopped_early": sum(r["status"] == "stopped_early" for r in rows),
@@ -126,7 +129,7 @@ def report_sweep(
         cfg = build({**base, **{k: best[k] for k in space.params}})
         text = "# best trial of sweep {} ({}={:.4f}); distcl train --config best_config.yaml\n"
         best_yaml = text.format(state["name"], space.metric, best[space.metric]) + cfg.to_yaml()
-        (sweep_dir / "best_config.yaml").write_text(best_yaml)
+        write_text(f"{sweep_dir}/best_config.yaml", best_yaml)
         parent.log_text(best_yaml, "best_config.yaml")
         parent.log_metrics({f"best_{space.metric}": best[space.metric]}, step=0)
         parent.set_tags(
@@ -135,6 +138,6 @@ def report_sweep(
                 "best_params": json.dumps({k: best[k] for k in space.params}),
             }
         )
-        summary.update(best=best, best_config=str(sweep_dir / "best_config.yaml"))
+        summary.update(best=best, best_config=f"{sweep_dir}/best_config.yaml")
     print(f"\nsweep {state['name']}: {len(rows)} trials\n" + _markdown(rows))
     return summary

@@ -27,18 +27,36 @@ class TrackingError(RuntimeError):
 SECRET_KEY = re.compile(r"(token|password|passwd|secret|api[_-]?key|credential)", re.I)
 
 
+DEFAULT_URI = (
+    "sqlite:///mlflow.db"  # MLflow 3 refuses plain file stores; SQLite is its local default
+)
+
+
+def uri_origin(uri: str) -> str:
+    """Where the run's tracking URI comes from, in MLflow's own order (for messages)."""
+    if uri:
+        return "tracking.uri"
+    return "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "the default"
+
+
 def resolve_uri(uri: str) -> str:
-    """Empty -> $MLFLOW_TRACKING_URI or local SQLite; relative SQLite paths -> absolute.
+    """MLflow's order: an explicit `tracking.uri` wins, else $MLFLOW_TRACKING_URI, else local
+    SQLite. Relative SQLite paths and bare folders become absolute SQLite URIs.
 
     Ray workers do not share the driver's working directory, so a relative path would split
     one run across two databases.
     """
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "") or "sqlite:///mlflow.db"
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "") or DEFAULT_URI
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
-    if "://" not in uri:  # a bare path: MLflow 3 refuses file stores by default, use SQLite
+    if "://" not in uri and not uri.startswith("databricks"):  # a bare path: use SQLite
         return "sqlite:///" + str((Path(uri) / "mlflow.db").resolve())
     return uri
+
+
+def is_local_uri(uri: str) -> bool:
+    """True for stores that live in one machine's filesystem (SQLite, file:, bare paths)."""
+    return uri.startswith(("sqlite:", "file:")) or ("://" not in uri and "databricks" not in uri)
 
 
 def mask_secrets(value: Any) -> Any:
@@ -109,6 +127,14 @@ class RunLogger:
         items = [Param(k, str(v)[:6000]) for k, v in safe_params(params).items()]
         for i in range(0, len(items), 90):  # the server caps a batch at 100 params
             self.client.log_batch(self.run_id, params=items[i : i + 90])
+
+    def log_params_once(self, params: dict[str, Any]) -> None:
+        """Log the params the run does not have yet: a resumed run keeps its first values
+        (MLflow refuses to change a logged param)."""
+        have = self.client.get_run(self.run_id).data.params
+        new = {k: v for k, v in params.items() if k not in have}
+        if new:
+            self.log_params(new)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         for k, v in tags.items():

@@ -7,7 +7,6 @@ The learning rate is a pure function of the global step, so a resumed run contin
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 import time
@@ -22,11 +21,10 @@ from distcl import checkpoint, dist
 from distcl.config import Config, from_flat
 from distcl.data.loader import build_train_loader, split_batch, to_float
 from distcl.evaluate import knn_monitor
-from distcl.gradcache import gradcache_step
 from distcl.models.methods import build_method
 from distcl.optim import build_optimizer, lr_at, param_groups, scaled_lr, set_lr
-from distcl.precision import autocast, maybe_sync_batchnorm, to_channels_last
-from distcl.precision import use_bf16 as bf16_for
+from distcl.precision import maybe_sync_batchnorm, resolve_precision, to_channels_last
+from distcl.step import train_step, wrap_ddp
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -39,10 +37,6 @@ def _nonfinite_message(cfg: Config, step: int, loss: float, lr: float) -> str:
         f"{cfg.loss.temperature} too low (try >= 0.1), optim.lr too high (try a 3-10x lower lr), "
         "or bf16 overflow (try train.precision=fp32). train.skip_nonfinite=K skips up to K steps."
     )
-
-
-def _use_bf16(cfg: Config, device: torch.device) -> bool:
-    return bf16_for(cfg.train.precision, device)
 
 
 def _resume_state(rank: int) -> dict[str, Any] | None:
@@ -70,18 +64,6 @@ def _worker_node_ids(device: torch.device) -> list[str]:
     return [bytes(row.tolist()).decode().strip() for row in gathered]
 
 
-def _average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
-    """All-reduce mean of gradients in one flat buffer (the gradient-caching path has no DDP)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if world == 1 or not grads:
-        return
-    flat = dist.all_reduce_sum(torch.cat([g.reshape(-1) for g in grads])) / world
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
-
-
 def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     """One DDP rank of a run. `loop_cfg` = flat config + paths and dataset facts from `fit`."""
     cfg = from_flat(loop_cfg["config"])
@@ -89,6 +71,8 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
     device = ray.train.torch.get_device()
+    if device.type == "cuda":  # NCCL collectives on tensors made without an index use this GPU
+        torch.cuda.set_device(device)
     local_batch = cfg.train.global_batch // world
     loader_workers = cfg.data.loader_workers or max(1, int(cfg.train.cpus_per_worker))
     chunk = cfg.train.chunk_size if 0 < cfg.train.chunk_size < local_batch else 0
@@ -113,13 +97,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         checkpoint.set_rng_state(state["rng"])
         if rank == 0:
             print(f"distcl: resumed at epoch {start_epoch}, step {step}", flush=True)
-    # Gradient caching re-runs the encoder per chunk, so it averages gradients itself once per
-    # step instead of letting DDP all-reduce after every chunk.
-    ddp = (
-        model
-        if chunk or world == 1
-        else ray.train.torch.prepare_model(model, move_to_device=False, parallel_strategy="ddp")
-    )
+    net = wrap_ddp(model, world, chunk)
     loader = build_train_loader(  # FFCV, or the torchvision fallback (data.loader)
         cfg.data,
         loop_cfg["train_path"],
@@ -134,31 +112,35 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     total_steps = steps_per_epoch * cfg.train.epochs
     peak_lr = scaled_lr(cfg.optim.lr, cfg.train.global_batch, cfg.optim.lr_scaling)
     warmup = min(total_steps, int(cfg.optim.warmup_epochs * steps_per_epoch))
-    use_bf16 = _use_bf16(cfg, device)
+    precision_used = resolve_precision(cfg.train.precision, device)
+    use_bf16 = precision_used == "bf16"
     node_ids = _worker_node_ids(device)
     logger, logged, last_logged_step = None, set(), 0
     if rank == 0:
         print(f"distcl: worker nodes: {' '.join(node_ids)}", flush=True)
+        print(f"distcl: computing in {precision_used} on {device}", flush=True)
         if loop_cfg.get("mlflow_run_id"):
             from distcl.tracking import RunLogger
 
             logger = RunLogger(loop_cfg["tracking_uri"], loop_cfg["mlflow_run_id"])
             logger.set_tags({"worker_node_ids": ",".join(node_ids)})
+            logger.log_params_once({"precision_used": precision_used, "device": device.type})
             logged = {s for s, _ in logger.metric_history("loss")}  # epochs already in MLflow
             last_logged_step = max((s for s, _ in logger.metric_history("step_loss")), default=0)
-    params = [p for p in model.parameters() if p.requires_grad]
     skipped, lr, log_every = 0, 0.0, cfg.train.log_every
 
     for epoch in range(start_epoch, cfg.train.epochs):
-        ddp.train()
-        loss_sum = torch.zeros((), dtype=torch.float64)
+        net.train()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         t_epoch, wait, n_steps = time.perf_counter(), 0.0, 0
         t_data = time.perf_counter()
         for batch in loader:
             wait += time.perf_counter() - t_data
             views, labels = split_batch(batch)
             views = [to_float(v, meta["channels"], device) for v in views]
-            labels = labels.to(device)
+            labels = labels.to(device, non_blocking=True)
             lr = lr_at(
                 step,
                 peak_lr=peak_lr,
@@ -167,35 +149,27 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
                 final_lr=cfg.optim.final_lr,
             )
             set_lr(optimizer, lr)
-            optimizer.zero_grad(set_to_none=True)
-            if chunk:
-                loss = _gradcache_backward(model, views, labels, chunk, device, use_bf16)
-            else:
-                with autocast(device, use_bf16):
-                    loss = ddp(views, labels)
-            # A host sync per step, needed to refuse a non-finite step before it poisons weights.
-            if torch.isfinite(loss).item():
-                if chunk:
-                    _average_gradients(params, world)
-                else:
-                    loss.backward()
+            loss, applied = train_step(
+                model, net, optimizer, views, labels, chunk=chunk, use_bf16=use_bf16
+            )
+            if applied:
                 if hasattr(model, "before_optimizer_step"):  # e.g. SwAV freezes its prototypes
                     model.before_optimizer_step(epoch)
                 optimizer.step()
                 if hasattr(model, "after_optimizer_step"):  # e.g. EMA targets, prototype norms
                     model.after_optimizer_step(step, total_steps)
-                loss_sum += loss.detach().double()
+                loss_sum += loss.double()
                 n_steps += 1
-            else:
+            else:  # every rank takes this branch together (train_step's vote)
                 skipped += 1
                 if skipped > cfg.train.skip_nonfinite:
                     raise NonFiniteLossError(_nonfinite_message(cfg, step, loss.item(), lr))
-                print(
-                    f"distcl: skipping non-finite step {step} ({skipped}/"
-                    f"{cfg.train.skip_nonfinite})",
-                    flush=True,
-                )
-                optimizer.zero_grad(set_to_none=True)
+                if rank == 0:
+                    print(
+                        f"distcl: skipping non-finite step {step} ({skipped}/"
+                        f"{cfg.train.skip_nonfinite})",
+                        flush=True,
+                    )
             step += 1
             if rank == 0 and log_every and step % log_every == 0:
                 in_epoch = step - epoch * steps_per_epoch
@@ -209,6 +183,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
                     logger.log_metrics({"step_loss": step_loss}, step=step)
             t_data = time.perf_counter()
         elapsed = time.perf_counter() - t_epoch
+        dist.broadcast_buffers(model)  # rank 0's BatchNorm statistics for kNN and checkpoint
         metrics = {
             "loss": dist.all_reduce_mean_scalar(float(loss_sum) / max(1, n_steps)),
             "lr": lr,
@@ -217,6 +192,8 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
             "epoch_time_s": elapsed,
             "epoch": epoch + 1,
         }
+        if device.type == "cuda":
+            metrics["gpu_peak_mem_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
         every = cfg.eval.knn_every
         if (every and (epoch + 1) % every == 0) or epoch + 1 == cfg.train.epochs:
             metrics["knn_acc"] = knn_monitor(
@@ -243,24 +220,6 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         _report(cfg, model, optimizer, epoch, step, metrics, loop_cfg, rank)
 
 
-def _gradcache_backward(model, views, labels, chunk, device, use_bf16) -> torch.Tensor:
-    """Exact large-batch gradients in chunks (distcl.gradcache); returns the detached loss."""
-
-    def encode(x: torch.Tensor) -> torch.Tensor:
-        with autocast(device, use_bf16):
-            return model.embed(x)
-
-    return gradcache_step(
-        encode,
-        model.loss_from_embeddings,
-        views,
-        labels,
-        chunk,
-        no_sync=contextlib.nullcontext,
-        bn_module=model,
-    )
-
-
 def _report(cfg, model, optimizer, epoch, step, metrics, loop_cfg, rank) -> None:
     """Every rank reports (it is a barrier); rank 0 attaches the checkpoint."""
     if rank != 0:
@@ -282,6 +241,22 @@ def _report(cfg, model, optimizer, epoch, step, metrics, loop_cfg, rank) -> None
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
+def scaling_config(cfg: Config):
+    """Ray Train's worker group: `train.num_workers` ranks of `train.cpus_per_worker` CPUs and,
+    with `train.use_gpu`, one GPU each."""
+    from ray.train import ScalingConfig
+
+    resources = {"CPU": cfg.train.cpus_per_worker}
+    if cfg.train.use_gpu:
+        resources["GPU"] = 1
+    return ScalingConfig(
+        num_workers=cfg.train.num_workers,
+        use_gpu=cfg.train.use_gpu,
+        resources_per_worker=resources,
+        placement_strategy=cfg.train.placement_strategy,
+    )
+
+
 def run_trainer(
     cfg: Config,
     loop_cfg: dict[str, Any],
@@ -291,19 +266,14 @@ def run_trainer(
 ):
     """Build and fit the TorchTrainer; returns Ray's Result. `callbacks` go to RunConfig
     (a Tune trial passes `TuneReportCallback()` so ASHA sees every epoch's report)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_cfg,
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(
-            num_workers=cfg.train.num_workers,
-            use_gpu=cfg.train.use_gpu,
-            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
-            placement_strategy=cfg.train.placement_strategy,
-        ),
+        scaling_config=scaling_config(cfg),
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,
@@ -313,6 +283,23 @@ def run_trainer(
         ),
     )
     return trainer.fit()
+
+
+def cluster_shape(cfg: Config) -> tuple[int, bool]:
+    """(alive Ray nodes, whether the driver's node alone can host every training worker).
+
+    A local instance (no $RAY_ADDRESS) is one machine, so it always counts as one node that fits.
+    """
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if not os.environ.get("RAY_ADDRESS") and len(nodes) <= 1:
+        return len(nodes), True
+    here = ray.get_runtime_context().get_node_id()
+    res = next((n.get("Resources", {}) for n in nodes if n.get("NodeID") == here), {})
+    t = cfg.train
+    fits = res.get("CPU", 0) >= t.num_workers * t.cpus_per_worker and (
+        not t.use_gpu or res.get("GPU", 0) >= t.num_workers
+    )
+    return len(nodes), fits
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:

@@ -32,6 +32,24 @@ PRECISIONS = ("auto", "bf16", "fp32")
 PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 DISTANCES = ("cosine", "euclidean")
 MINING = ("batch_all", "batch_hard", "semi_hard")
+# MLflow tracking stores (mlflow.store.tracking): a server over HTTP(S), a SQLAlchemy database
+# (the part before "+" names it: postgresql+psycopg2://), Databricks, or a file store.
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "file")
+
+
+def tracking_uri_problem(uri: str, origin: str = "tracking.uri") -> str | None:
+    """What is wrong with an MLflow tracking URI's scheme, or None. A bare path is fine (it
+    becomes a SQLite file in that folder); `origin` names the setting in the message."""
+    if not uri or ("://" not in uri and ":" not in uri.split("/")[0]):
+        return None
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme in TRACKING_SCHEMES:
+        return None
+    return (
+        f"{origin}={uri.split('@')[-1]!r} has the scheme {scheme!r}, which MLflow cannot track to; "
+        f"use one of {', '.join(s + '://' for s in TRACKING_SCHEMES)} "
+        "(e.g. http://127.0.0.1:5000 for an mlflow server, sqlite:///mlflow.db for a local file)"
+    )
 
 
 def _loss_names() -> tuple[str, ...]:
@@ -155,6 +173,9 @@ def validate(cfg: Config) -> None:
     _positive("eval.knn_k", ev.knn_k, e)
     if ev.semi_steps < 0 or ev.tsne_points < 0:
         e.append("eval.semi_steps and eval.tsne_points must be >= 0 (0 turns them off)")
+    problem = tracking_uri_problem(cfg.tracking.uri)
+    if problem:
+        e.append(problem)
     _positive("tracking.system_metrics_interval", cfg.tracking.system_metrics_interval, e)
     if ev.knn_every < 0:
         e.append(f"eval.knn_every must be >= 0, got {ev.knn_every}")

@@ -58,6 +58,7 @@ CASES = [
     (["train.num_workers=64"], "needs 64 CPUs, but this machine has"),
     (["train.use_gpu=true", "train.num_workers=1"], "GPUs, but 0 are visible"),
     (["tracking.uri=http://127.0.0.1:9"], "tracking server http://127.0.0.1:9 is unreachable"),
+    (["tracking.uri=htp://127.0.0.1:5000"], "has the scheme 'htp', which MLflow cannot"),
     (
         ["train.storage_path=/proc/distcl-runs"],
         "train.storage_path=/proc/distcl-runs is not writable",

@@ -101,6 +101,14 @@ def test_bad_arguments_name_the_fix(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_a_checkpoint_that_is_not_a_folder_is_a_clear_error(tmp_path, capsys):
+    state = tmp_path / "state.pt"
+    state.write_bytes(b"not a checkpoint folder")
+    assert eval_cli.main(["--checkpoint", str(state), "--what", "knn"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("distcl eval: error: checkpoint ") and "Traceback" not in err
+
+
 def test_unknown_run_names_the_store(tmp_path, capsys):
     assert eval_cli.main(["--run", "nope", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
     assert "MLflow run nope not found in sqlite:///" in capsys.readouterr().err

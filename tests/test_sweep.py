@@ -21,7 +21,6 @@ import pytest
 import yaml
 
 from distcl import config
-from distcl.sweep import plan_resources
 from distcl.sweep_space import load_space
 
 TINY = [
@@ -59,14 +58,6 @@ def sweep_args(betons: Path, tmp: Path, space: Path, *extra: str) -> list[str]:
         *TINY,
         *extra,
     ]
-
-
-def test_plan_resources_fits_trials_on_the_cpus():
-    assert plan_resources(2, 0.5, 2.0, 0, 8) == (0.5, 1)  # 0.01 + 1.0 per trial: one fits
-    assert plan_resources(1, 0.5, 2.0, 0, 8) == (0.5, 3)
-    assert plan_resources(2, 1.0, 2.0, 0, 8) == (0.99, 1)  # shrunk so one trial fits at all
-    assert plan_resources(1, 0.5, 2.0, 2, 8) == (0.5, 2)
-    assert plan_resources(1, 0.5, 16.0, 0, 3) == (0.5, 3)  # never more than there are trials
 
 
 def test_space_errors_name_the_setting(tmp_path):

@@ -26,10 +26,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from distcl.losses.batch import global_batch, positive_mask, same_id_mask
+from distcl.losses.batch import full_precision, global_batch, positive_mask, same_id_mask
 from distcl.losses.distance import normalizes, pairwise_distance
 
 
+@full_precision
 def contrastive_loss(
     views: Sequence[Tensor],
     labels: Tensor | None = None,

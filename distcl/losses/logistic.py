@@ -29,10 +29,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from distcl.losses.batch import global_batch
+from distcl.losses.batch import full_precision, global_batch
 from distcl.losses.rowreduce import as_scalar, similarity_row_reduce
 
 
+@full_precision
 def sigmoid_pairwise_loss(
     views: Sequence[Tensor],
     labels: Tensor | None = None,

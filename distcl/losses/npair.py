@@ -29,9 +29,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distcl.losses.batch import global_batch, masked_fill_value, positive_mask, same_id_mask
+from distcl.losses.batch import (
+    full_precision,
+    global_batch,
+    masked_fill_value,
+    positive_mask,
+    same_id_mask,
+)
 
 
+@full_precision
 def npair_loss(
     views: Sequence[Tensor],
     labels: Tensor | None = None,

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from distcl.losses.batch import global_batch, positive_sums
+from distcl.losses.batch import full_precision, global_batch, positive_sums
 from distcl.losses.rowreduce import similarity_row_reduce
 
 
@@ -39,6 +39,7 @@ def check_temperature(temperature: float) -> None:
         raise ValueError(f"loss.temperature must be > 0, got {temperature} (try 0.1 to 0.5)")
 
 
+@full_precision
 def info_nce_loss(
     views: Sequence[Tensor],
     labels: Tensor | None = None,
@@ -68,6 +69,7 @@ def info_nce_loss(
     return (log_denominator - pos_logit).mean()
 
 
+@full_precision
 def ntxent_loss(
     views: Sequence[Tensor],
     labels: Tensor | None = None,
@@ -79,6 +81,7 @@ def ntxent_loss(
     return info_nce_loss(views, labels, temperature=temperature, chunk_size=chunk_size)
 
 
+@full_precision
 def supcon_loss(
     views: Sequence[Tensor],
     labels: Tensor | None,

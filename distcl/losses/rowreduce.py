@@ -36,6 +36,15 @@ KINDS = ("logsumexp", "logistic")
 # (benchmarks/bench_loss.py); larger blocks mean fewer thread-pool synchronisations, which
 # mattered with 2 threads while other jobs were using the cores.
 CHUNK_ELEMENTS = 1 << 22
+# On a GPU, blocks of 4M logits cut a 64k x 64k NT-Xent into 1,024 blocks of small kernels;
+# 64M logits (256 MiB in fp32, one block and its softmax alive at a time) keep the matmuls large
+# while staying a small share of any training GPU's memory. Not measured: no GPU was available.
+CHUNK_ELEMENTS_CUDA = 1 << 26
+
+
+def chunk_elements(device: torch.device) -> int:
+    """Logits per block of the fused row reductions on `device` (see CHUNK_ELEMENTS)."""
+    return CHUNK_ELEMENTS_CUDA if device.type == "cuda" else CHUNK_ELEMENTS
 
 
 def _block_logits(
@@ -174,7 +183,7 @@ def similarity_row_reduce(
         kind: ``"logsumexp"`` or ``"logistic"``.
         anchor_ids, column_ids: ``M`` and ``K`` int64 ids; required by ``"logistic"``
             (same id -> ``y = +1``), ignored by ``"logsumexp"``.
-        chunk_size: anchor rows per block; 0 picks ``CHUNK_ELEMENTS // K``.
+        chunk_size: anchor rows per block; 0 picks ``chunk_elements(device) // K``.
 
     Returns:
         ``M`` values, differentiable w.r.t. anchors, columns, scale and bias.
@@ -188,7 +197,7 @@ def similarity_row_reduce(
         if anchor_ids is None or column_ids is None:
             raise ValueError("kind='logistic' needs anchor_ids and column_ids (same id: y = +1)")
         ids = (anchor_ids, column_ids)
-    chunk = chunk_size or max(1, CHUNK_ELEMENTS // max(1, columns.shape[0]))
+    chunk = chunk_size or max(1, chunk_elements(anchors.device) // max(1, columns.shape[0]))
     return _SimilarityRowReduce.apply(
         anchors,
         columns,

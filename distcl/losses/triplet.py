@@ -33,13 +33,20 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from distcl.losses.batch import GlobalBatch, global_batch, positive_mask, same_id_mask
+from distcl.losses.batch import (
+    GlobalBatch,
+    full_precision,
+    global_batch,
+    positive_mask,
+    same_id_mask,
+)
 from distcl.losses.distance import normalizes, pairwise_distance, row_distance
-from distcl.losses.rowreduce import CHUNK_ELEMENTS
+from distcl.losses.rowreduce import chunk_elements
 
 MINING = ("batch_all", "batch_hard", "semi_hard")
 
 
+@full_precision
 def triplet_loss(
     views: Sequence[Tensor],
     labels: Tensor | None = None,
@@ -125,7 +132,7 @@ def _hardest_columns(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Farthest positive and closest negative column per anchor, in blocks: ``M``, ``M``, ``M``."""
     n_anchor, n_col = batch.anchors.shape[0], batch.columns.shape[0]
-    chunk = chunk_size or max(1, CHUNK_ELEMENTS // max(1, n_col))
+    chunk = chunk_size or max(1, chunk_elements(batch.columns.device) // max(1, n_col))
     hard_pos = torch.empty(n_anchor, dtype=torch.int64, device=batch.anchors.device)
     hard_neg = torch.empty_like(hard_pos)
     has_neg = torch.empty(n_anchor, dtype=torch.bool, device=batch.anchors.device)
