@@ -196,7 +196,7 @@ def main(argv: list[str]) -> int:
 
         df = pd.concat([children, bases], ignore_index=True)
     else:
-        name = args.experiment or cfg.tracking.experiment or f"distcl-{cfg.data.dataset}"
+        name = args.experiment or tracking.experiment_name(cfg)
         exp = tracking.find_experiment(uri, name)
         if exp is None:
             print(

@@ -142,7 +142,7 @@ class TrackingConfig:
     # MLflow tracking URI, in MLflow's order: this key when set, else $MLFLOW_TRACKING_URI, else
     # sqlite:///mlflow.db in the driver's folder (one machine only: a cluster needs a server)
     uri: str = ""
-    experiment: str = ""  # "" = one experiment per dataset: distcl-<dataset>
+    experiment: str = ""  # "" = $MLFLOW_EXPERIMENT_NAME, else one per dataset: distcl-<dataset>
     enabled: bool = True
     log_model: bool = True  # log the encoder with mlflow.pytorch.log_model (a pickled nn.Module)
     register: bool = False  # also register the logged encoder in the MLflow model registry

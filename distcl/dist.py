@@ -190,7 +190,7 @@ def all_ranks_true(flag: Tensor) -> bool:
 def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
     """Copy rank ``src``'s buffers (BatchNorm running statistics, queues) to every rank.
 
-    DDP runs with ``broadcast_buffers=False`` (it would broadcast every buffer before every
+    DDP runs without its per-forward buffer sync (it would broadcast every buffer before every
     forward); BatchNorm running statistics are the only buffers that drift apart across ranks,
     and only evaluation reads them, so the loop calls this once per epoch, before the kNN
     monitor and the checkpoint. A no-op at world size 1.

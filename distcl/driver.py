@@ -112,7 +112,7 @@ def _open_tracking(cfg: Config, uri: str, storage: str, name: str, data: dict):
         "world_size": cfg.train.num_workers,
         "driver_node_id": _driver_node_id(),  # rank 0's node is the worker_node_ids tag's first
     }
-    experiment = cfg.tracking.experiment or f"distcl-{cfg.data.dataset}"
+    experiment = tracking.experiment_name(cfg)
     logger = tracking.start_run(uri, experiment, cfg.run_name, cfg.to_flat(), tags, cfg.to_yaml())
     _write_run_file(storage, name, {"mlflow_run_id": logger.run_id, "data": data})
     return logger

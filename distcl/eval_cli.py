@@ -121,7 +121,7 @@ def evaluate_run(
         if "semi" in what:
             out.update(semi_supervised(cfg, encoder, data, tr_y, logger))
         if "baselines" in what:
-            experiment = cfg.tracking.experiment or f"distcl-{cfg.data.dataset}"
+            experiment = tracking.experiment_name(cfg)
             for b in baselines.all_baselines(cfg, data, uri, experiment, exclude_run=run_id):
                 if b.kind != "reference":
                     out.update(

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distcl import checkpoint
+from distcl import checkpoint, tracking
 from distcl.config import Config
 from distcl.evaluate import (
     PROBE_ITERS,
@@ -216,7 +216,7 @@ def final_evaluation(cfg: Config, state: dict, data: dict, logger=None) -> dict[
         )
     if cfg.eval.baselines:
         uri = logger.uri if logger is not None else ""
-        experiment = cfg.tracking.experiment or f"distcl-{cfg.data.dataset}"
+        experiment = tracking.experiment_name(cfg)
         with _stage("baselines (computed once per dataset and split, then reused)"):
             found = baselines.all_baselines(
                 cfg, data, uri, experiment, exclude_run=logger.run_id if logger else ""

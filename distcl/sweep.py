@@ -228,7 +228,7 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
     base_cfg = build(state["base"])
     space.check_against(state["base"])
     uri = tracking.resolve_uri(base_cfg.tracking.uri)
-    experiment = base_cfg.tracking.experiment or f"distcl-{base_cfg.data.dataset}"
+    experiment = tracking.experiment_name(base_cfg)
     data = prepare_data(base_cfg)
     ensure_ray()
     nodes, fits = cluster_shape(base_cfg)

@@ -54,6 +54,16 @@ def resolve_uri(uri: str) -> str:
     return uri
 
 
+def experiment_name(cfg) -> str:
+    """The run's MLflow experiment, in MLflow's order: `tracking.experiment`, else
+    $MLFLOW_EXPERIMENT_NAME, else one experiment per dataset, `distcl-<dataset>`."""
+    return (
+        cfg.tracking.experiment
+        or os.environ.get("MLFLOW_EXPERIMENT_NAME", "")
+        or f"distcl-{cfg.data.dataset}"
+    )
+
+
 def is_local_uri(uri: str) -> bool:
     """True for stores that live in one machine's filesystem (SQLite, file:, bare paths)."""
     return uri.startswith(("sqlite:", "file:")) or ("://" not in uri and "databricks" not in uri)

@@ -31,6 +31,7 @@ from distcl import launch
 from distcl.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
 CLUSTER = REPO / "cluster"
 SBATCH = CLUSTER / "slurm" / "distcl.sbatch"
 README = (CLUSTER / "README.md").read_text()
@@ -130,6 +131,117 @@ def _check_cluster_spec(spec: dict) -> None:
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
         assert g["maxReplicas"] >= g["minReplicas"] >= 0
         assert "/dev/shm" in {m["mountPath"] for m in container["volumeMounts"]}
+
+
+# Keys whose strings are shell command lines run one at a time (a RayJob's entrypoint, the
+# launcher's *_commands lists), and keys whose values are pieces of one command line
+# (`docker run` options, KubeRay's rayStartParams, appended to `ray start`).
+COMMAND_KEYS = {
+    "entrypoint",
+    "initialization_commands",
+    "setup_commands",
+    "head_setup_commands",
+    "worker_setup_commands",
+    "head_start_ray_commands",
+    "worker_start_ray_commands",
+}
+OPTION_KEYS = {"run_options", "rayStartParams"}
+
+
+def _command_strings(node, where: str = ""):
+    """(where, text, is_command) for each command string or option in a parsed YAML document."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            here = f"{where}.{key}" if where else str(key)
+            if key in COMMAND_KEYS | OPTION_KEYS:
+                items = list(value.values()) if isinstance(value, dict) else value
+                for i, text in enumerate(items if isinstance(items, list) else [items]):
+                    yield f"{here}[{i}]", str(text), key in COMMAND_KEYS
+            else:
+                yield from _command_strings(value, here)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _command_strings(value, f"{where}[{i}]")
+
+
+def _one_line_problems(text: str, is_command: bool) -> list[str]:
+    """Why `text` would not run as the single command line it is meant to be ([] if it would).
+
+    YAML's folded `>-` blocks join lines with spaces, but a blank or more-indented line inside
+    keeps a newline, and the shell then runs what follows as a separate command. shlex.split
+    treats that newline as a space, so it is checked for here explicitly.
+    """
+    problems = []
+    if "\n" in text or "\r" in text:
+        rest = re.split(r"[\r\n]", text, maxsplit=1)[1].strip()
+        problems.append(f"has a newline; the shell would run {rest!r} as a command of its own")
+    try:
+        shlex.split(text)
+    except ValueError as e:
+        problems.append(f"shlex: {e}")
+    if is_command:
+        res = subprocess.run(["bash", "-n", "-c", text], capture_output=True, text=True)
+        if res.returncode:
+            problems.append(f"bash -n: {res.stderr.strip()}")
+    return problems
+
+
+def _entrypoint_problems(entrypoint: str) -> list[str]:
+    """The RayJob entrypoint: one line, and every key.sub=value belongs to its `distcl train`."""
+    problems = _one_line_problems(entrypoint, True)
+    lexer = shlex.shlex(entrypoint, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    commands, current = [], []
+    for word in lexer:
+        if word in ("&&", "||", ";", "|", "&"):
+            commands.append(current)
+            current = []
+        else:
+            current.append(word)
+    commands.append(current)
+    train = [c for c in commands if c[:2] == ["distcl", "train"]]
+    if len(train) != 1 or train[0] is not commands[-1]:
+        problems.append(f"want one `distcl train` as the last command, got {commands}")
+    stray = [w for c in commands if c[:2] != ["distcl", "train"] for w in c if _overrides(w)]
+    if stray:
+        problems.append(f"overrides outside `distcl train`: {stray}")
+    return problems
+
+
+def test_every_command_in_the_cluster_yamls_is_one_line_bash_parses():
+    found, problems = [], []
+    for path in sorted(CLUSTER.rglob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            for where, text, is_command in _command_strings(doc):
+                found.append(f"{path.relative_to(CLUSTER)}:{where}")
+                problems += [f"{found[-1]}: {p}" for p in _one_line_problems(text, is_command)]
+    expected = {  # the walk found the commands it is meant to check
+        "kuberay/rayjob.yaml:spec.entrypoint[0]",
+        "kuberay/rayjob.yaml:spec.rayClusterSpec.headGroupSpec.rayStartParams[0]",
+        "kuberay/raycluster.yaml:spec.headGroupSpec.rayStartParams[0]",
+        *(f"{n}:{k}[1]" for n in LAUNCHERS for k in ("head_start_ray_commands", "setup_commands")),
+        *(f"{n}:worker_start_ray_commands[1]" for n in LAUNCHERS),
+        *(f"{n}:docker.run_options[0]" for n in LAUNCHERS),
+    }
+    assert expected <= set(found), sorted(expected - set(found))
+    assert not problems, "\n".join(problems)
+    job = _load("kuberay/rayjob.yaml")["spec"]["entrypoint"]
+    assert not _entrypoint_problems(job), _entrypoint_problems(job)
+
+
+def test_one_line_check_catches_a_blank_line_in_a_folded_entrypoint():
+    # The entrypoint as it was before the fix: the blank line inside `>-` kept a newline, and
+    # `train.storage_path=...` ran as a shell command of its own after a default-storage run.
+    broken = yaml.safe_load(
+        "entrypoint: >-\n"
+        "  distcl prepare --out /mnt/b &&\n"
+        "  distcl train --config c train.cpus_per_worker=8\n"
+        " \n"
+        "  train.storage_path=s3://bucket/checkpoints\n"
+    )["entrypoint"]
+    assert shlex.split(broken)[-1] == "train.storage_path=s3://bucket/checkpoints"  # looks fine
+    problems = _entrypoint_problems(broken)
+    assert len(problems) == 1 and "'train.storage_path=s3://bucket/checkpoints'" in problems[0]
 
 
 def test_sbatch_passes_bash_n_and_shellcheck():
@@ -280,11 +392,86 @@ def test_unreachable_address_fails_fast_with_what_to_check(capsys, monkeypatch):
     assert "s3cr3t" not in err
 
 
-FAKE_SLURM = {  # stand-ins so the sbatch script runs on one machine
-    "srun": '#!/bin/bash\nwhile [[ $# -gt 0 && $1 == -* ]]; do shift; done\nexec "$@"\n',
-    "scontrol": '#!/bin/bash\n[[ "$1 $2" == "show hostnames" ]] && printf "node1\\nnode2\\n"\n',
-    "distcl": '#!/bin/bash\necho "fake distcl: $* RAY_ADDRESS=$RAY_ADDRESS"\nexit 7\n',
+def _stand_ins(bin_dir: Path, **scripts: str) -> None:
+    bin_dir.mkdir()
+    for name, text in scripts.items():
+        (bin_dir / name).write_text("#!/bin/bash\n" + text)
+        (bin_dir / name).chmod(0o755)
+
+
+# SLURM's commands, so the sbatch script runs on one machine: `srun` runs its command here
+# (one process per step), `scontrol show hostnames` expands the two-node list.
+FAKE_SLURM = {
+    "srun": 'while [[ $# -gt 0 && $1 == -* ]]; do shift; done\nexec "$@"\n',
+    "scontrol": '[[ "$1 $2" == "show hostnames" ]] && printf "node1\\nnode2\\n"\n',
 }
+
+
+def _slurm_env(tmp_path: Path, bin_dir: Path, job_id: str) -> dict[str, str]:
+    """The environment of a batch script in a 2-node, 1-task-per-node, CPU-only allocation
+    (no SLURM_GPUS_ON_NODE), as sbatch sets it, plus what the README asks the user to export."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "SLURM"))}
+    submit = tmp_path / "submit"  # sbatch runs the script in the directory it was called from
+    submit.mkdir()
+    env.update(
+        PATH=f"{bin_dir}:{Path(sys.executable).parent}:{env['PATH']}",
+        SLURM_JOB_ID=job_id,
+        SLURM_JOBID=job_id,
+        SLURM_JOB_NAME="distcl",
+        SLURM_JOB_NODELIST="node[1-2]",
+        SLURM_NODELIST="node[1-2]",
+        SLURM_JOB_NUM_NODES="2",
+        SLURM_NNODES="2",
+        SLURM_NODEID="0",
+        SLURMD_NODENAME="node1",
+        SLURM_NTASKS="2",
+        SLURM_NTASKS_PER_NODE="1",
+        SLURM_CPUS_PER_TASK="1",
+        SLURM_CPUS_ON_NODE="1",
+        SLURM_JOB_CPUS_PER_NODE="1(x2)",
+        SLURM_SUBMIT_DIR=str(submit),
+        SLURM_SUBMIT_HOST="login1",
+        DISTCL_SHARED=str(tmp_path / "shared"),
+        RAY_USAGE_STATS_ENABLED="0",
+    )
+    return env
+
+
+def _sbatch(env: dict[str, str], args: list[str], log: Path, timeout_s: float) -> int:
+    with open(log, "w") as out:  # a file, not a pipe: Ray may hold it
+        return subprocess.run(
+            ["bash", str(SBATCH), *args],
+            env=env,
+            cwd=env["SLURM_SUBMIT_DIR"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=timeout_s,
+        ).returncode
+
+
+def test_sbatch_returns_distcl_trains_exit_code_and_stops_its_steps(tmp_path):
+    """The script's control flow in 2 s: Ray and the join poll are stand-ins as well."""
+    job_id = f"distcltest{os.getpid()}f"
+    bin_dir = tmp_path / "bin"
+    _stand_ins(
+        bin_dir,
+        **FAKE_SLURM,
+        ray=f'exec -a "fake-ray-{job_id}" sleep 600\n',  # `ray start --block` until stopped
+        python=f'if [[ $1 == - ]]; then cat >/dev/null; echo 2; else exec {sys.executable} "$@"; fi\n',
+        distcl='echo "fake distcl: $* RAY_ADDRESS=$RAY_ADDRESS"\nexit 7\n',
+    )
+    env = _slurm_env(tmp_path, bin_dir, job_id)
+    env.update(MLFLOW_TRACKING_URI="http://mlflow.invalid:5000", RAY_PORT="6390")
+    try:
+        rc = _sbatch(env, ["train.epochs=1"], tmp_path / "sbatch.log", timeout_s=120)
+    finally:
+        left = _kill_marked(f"fake-ray-{job_id}")
+    log = (tmp_path / "sbatch.log").read_text()
+    assert rc == 7, log  # distcl train's exit code is the job's
+    assert "2/2 Ray nodes alive" in log and "stopping Ray on 2 node(s)" in log, log
+    assert re.search(r"fake distcl: train .* train\.epochs=1 RAY_ADDRESS=\S+:6390\n", log), log
+    assert not (tmp_path / "shared" / f"slurm-{job_id}").exists(), "the job's token was left"
+    assert not left, f"`ray start` steps left after the script ended: {left}"
 
 
 def _kill_marked(marker: str) -> list[int]:
@@ -302,14 +489,31 @@ def _kill_marked(marker: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_sbatch_starts_two_ray_nodes_runs_distcl_and_stops_them(tmp_path):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, text in FAKE_SLURM.items():
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
+def test_sbatch_trains_on_two_ray_nodes_tracks_to_mlflow_and_stops_them(tmp_path, mlflow_server):
+    """cluster/slurm/distcl.sbatch for real: two `ray start` steps, the real `distcl train` of
+    the README's preset on both nodes (one CPU rank each, gloo across the nodes), MLflow as a
+    server given only as MLFLOW_TRACKING_URI, data and checkpoints in DISTCL_SHARED."""
+    from distcl.cli import main as distcl_main
+    from tests.test_launch import (
+        TINY_RUN,
+        assert_no_local_leftovers,
+        check_tracked_run,
+        write_tiny_cifar10,
+    )
+
     job_id = f"distcltest{os.getpid()}"
     marker, shared = f"/tmp/ray_{job_id}", tmp_path / "shared"
+    bin_dir = tmp_path / "bin"
+    _stand_ins(  # the real distcl, its arguments and RAY_ADDRESS logged on the way
+        bin_dir,
+        **FAKE_SLURM,
+        distcl=f'echo "distcl: $* RAY_ADDRESS=$RAY_ADDRESS"\nexec {VENV_BIN / "distcl"} "$@"\n',
+    )
+    env = _slurm_env(tmp_path, bin_dir, job_id)
+    # The README's order: prepare the .betons once on the shared filesystem, then sbatch.
+    write_tiny_cifar10(shared / "data")
+    prepare = ["prepare", "--dataset", "cifar10", "--root", f"{shared}/data"]
+    assert distcl_main([*prepare, "--out", f"{shared}/betons"]) == 0
     socks = [socket.socket() for _ in range(15)]
     for s in socks:
         s.bind(("127.0.0.1", 0))
@@ -321,15 +525,11 @@ def test_sbatch_starts_two_ray_nodes_runs_distcl_and_stops_them(tmp_path):
         "--runtime-env-agent-port={} --metrics-export-port={} --node-manager-port={} "
         "--object-manager-port={} --object-store-memory=100000000"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
     env.update(
-        PATH=f"{bin_dir}:{Path(sys.executable).parent}:{env['PATH']}",
-        SLURM_JOB_ID=job_id,
-        SLURM_JOB_NODELIST="node[1-2]",
-        SLURM_CPUS_PER_TASK="1",
-        DISTCL_SHARED=str(shared),
-        MLFLOW_TRACKING_URI="http://mlflow.invalid:5000",
-        RAY_USAGE_STATS_ENABLED="0",
+        DISTCL_CONFIG="cifar10_simclr_resnet18",
+        MLFLOW_TRACKING_URI=mlflow_server,
+        OMP_NUM_THREADS="1",
+        RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.2",
         RAY_PORT=str(p[0]),
         RAY_DASHBOARD_PORT=str(p[1]),
         DISTCL_JOIN_TIMEOUT_S="120",
@@ -337,24 +537,16 @@ def test_sbatch_starts_two_ray_nodes_runs_distcl_and_stops_them(tmp_path):
         DISTCL_RAY_WORKER_ARGS=node.format(*p[9:15]),
     )
     try:
-        with open(tmp_path / "sbatch.log", "w") as out:  # a file, not a pipe: Ray may hold it
-            rc = subprocess.run(
-                ["bash", str(SBATCH), "train.epochs=1"],
-                env=env,
-                cwd=tmp_path,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                timeout=300,
-            ).returncode
+        rc = _sbatch(env, TINY_RUN, tmp_path / "sbatch.log", timeout_s=420)
     finally:
         left = _kill_marked(marker)
         shutil.rmtree(marker, ignore_errors=True)
     log = (tmp_path / "sbatch.log").read_text()
-    assert rc == 7, log  # distcl train's exit code is the job's
-    assert "2/2 Ray nodes alive" in log, log
-    fake = re.search(r"fake distcl: (.*) RAY_ADDRESS=(\S+)", log)
-    assert fake and fake.group(2).endswith(f":{p[0]}"), log
-    assert fake.group(1).split() == [
+    assert rc == 0, log[-6000:]
+    assert "2/2 Ray nodes alive" in log, log[-6000:]
+    called = re.search(r"distcl: (train .*) RAY_ADDRESS=(\S+)", log)
+    assert called and called.group(2).endswith(f":{p[0]}"), log[-6000:]
+    assert called.group(1).split() == [
         "train",
         "--config",
         "cifar10_simclr_resnet18",
@@ -363,7 +555,13 @@ def test_sbatch_starts_two_ray_nodes_runs_distcl_and_stops_them(tmp_path):
         "train.num_workers=2",
         "train.cpus_per_worker=1",
         "train.use_gpu=false",
-        "train.epochs=1",
+        *TINY_RUN,
     ]
+    run = check_tracked_run(mlflow_server, shared / "checkpoints", epochs=2)
+    ranks = run.data.tags["worker_node_ids"].split(",")
+    # One 1-CPU rank per node: the head trains too (the script gives it the nodes' CPUs), and
+    # the ranks all-reduce across the two Ray nodes.
+    assert len(set(ranks)) == 2 and run.data.tags["driver_node_id"] in ranks
+    assert_no_local_leftovers(Path(env["SLURM_SUBMIT_DIR"]))
     assert not (shared / f"slurm-{job_id}").exists(), "the job's token was left behind"
     assert not left, f"Ray processes left after the script ended: {left}"

@@ -145,3 +145,13 @@ def test_a_gpu_checkpoint_resumes_on_a_cpu_machine(tmp_path):
     assert "cuda" not in state  # CUDA never initialised here
     state["cuda"] = torch.zeros(16, dtype=torch.uint8)  # as written by a GPU run
     checkpoint.set_rng_state(state)  # no CUDA: the CUDA state is skipped, the rest restored
+
+
+def test_the_experiment_follows_mlflows_order(monkeypatch):
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    cfg = config.load(None, ["data.dataset=cifar10"])
+    assert tracking.experiment_name(cfg) == "distcl-cifar10"
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "team-runs")  # as rayjob.yaml sets it
+    assert tracking.experiment_name(cfg) == "team-runs"
+    named = config.load(None, ["tracking.experiment=mine"])
+    assert tracking.experiment_name(named) == "mine"

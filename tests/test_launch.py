@@ -1,10 +1,13 @@
-"""`distcl launch` and the SLURM script against real Ray nodes on this machine (all slow).
+"""`distcl launch` against real Ray nodes on this machine (all slow).
 
-The module fixture starts a Ray head and a second Ray node as two `ray start --block` processes
-on 127.0.0.1 (1 CPU each, token auth, own temp dir and ports) and always stops them by process
+The module fixture starts three `ray start --block` processes on 127.0.0.1, shaped like
+cluster/kuberay/rayjob.yaml: a head with 0 CPUs (the manifests' `num-cpus: "0"`: it runs the
+job's driver and no training worker) and two worker nodes with 1 CPU each (its two worker
+replicas), with token auth, their own temp dir and ports. They are always stopped by process
 tree, never with `ray stop`, which would also stop other Ray instances of the test session.
-Jobs run a stand-in `distcl` (prints its argv, exits as asked) to test the launch mechanics,
-and the real `distcl train` once distcl.train exists.
+Most jobs run a stand-in `distcl` (prints its argv, exits as asked) to test the launch
+mechanics; one runs the RayJob manifest's entrypoint with the real `distcl`, tracking to a real
+MLflow server. The SLURM script's real run is in tests/test_cluster_configs.py.
 """
 
 from __future__ import annotations
@@ -13,19 +16,20 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from distcl import launch
 
@@ -36,6 +40,7 @@ FAKE_DISTCL = """import json, os, sys, time
 opts = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a and not a.startswith("-"))
 print("fake-distcl argv=" + json.dumps(sys.argv[1:]), flush=True)
 print("fake-distcl MLFLOW_TRACKING_URI=" + os.environ.get("MLFLOW_TRACKING_URI", ""), flush=True)
+print("fake-distcl cwd=" + os.getcwd(), flush=True)
 time.sleep(float(opts.get("test.sleep_s", 0)))
 sys.exit(int(opts.get("test.exit_code", 0)))
 """
@@ -126,10 +131,14 @@ def stop_process_tree(popens: list[subprocess.Popen], marker: str, grace_s: floa
 
 
 class LocalRayCluster:
-    """A Ray head plus `num_nodes - 1` worker nodes, each its own `ray start --block` process."""
+    """A Ray head with `head_cpus` CPUs plus `num_nodes - 1` worker nodes of 1 CPU, each its own
+    `ray start --block` process."""
 
-    def __init__(self, num_nodes: int = 2, timeout_s: float = 120) -> None:
+    def __init__(self, num_nodes: int = 2, timeout_s: float = 120, head_cpus: int = 1) -> None:
         self.temp_dir = Path(tempfile.mkdtemp(prefix="distcl-ray-", dir="/tmp"))  # short: sockets
+        # Every Ray process starts here; a job without a runtime_env working_dir runs here.
+        self.cwd = self.temp_dir / "cwd"
+        self.cwd.mkdir()
         self.token_file = self.temp_dir / "auth_token"
         self.token_file.write_text(secrets.token_hex(32))
         self.token_file.chmod(0o600)
@@ -157,13 +166,13 @@ class LocalRayCluster:
         try:
             self._start(
                 "head",
-                f"--head --port={self.gcs_port} --disable-usage-stats "
+                f"--num-cpus={head_cpus} --head --port={self.gcs_port} --disable-usage-stats "
                 f"--dashboard-host=127.0.0.1 --dashboard-port={self.dashboard_port} "
                 f"--ray-client-server-port={client_port}",
             )
             self._wait(lambda: self._get("/api/version") is not None, timeout_s, "head dashboard")
             for i in range(1, num_nodes):
-                self._start(f"node{i}", f"--address=127.0.0.1:{self.gcs_port}")
+                self._start(f"node{i}", f"--num-cpus=1 --address=127.0.0.1:{self.gcs_port}")
             self._wait(lambda: len(self.alive_nodes()) == num_nodes, timeout_s, "all nodes")
         except BaseException:
             self.stop()
@@ -171,13 +180,18 @@ class LocalRayCluster:
 
     def _start(self, name: str, args: str) -> None:
         ports = dict(zip(NODE_PORTS, free_ports(len(NODE_PORTS)), strict=True))
-        cmd = f"{VENV_BIN / 'ray'} start --block --num-cpus=1 --node-ip-address=127.0.0.1 "
+        cmd = f"{VENV_BIN / 'ray'} start --block --node-ip-address=127.0.0.1 "
         cmd += f"--temp-dir={self.temp_dir} --object-store-memory=100000000 {args} "
         cmd += " ".join(f"--{flag}={port}" for flag, port in ports.items())
         log = open(self.temp_dir / f"{name}.log", "w")  # noqa: SIM115 (lives as long as Ray)
         popen = subprocess.Popen(
-            cmd.split(), env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )  # own process group, stopped by tree
+            cmd.split(),
+            env=self.env,
+            cwd=self.cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own process group, stopped by tree
+        )
         self.popens.append(popen)
 
     def _wait(self, ready, timeout_s: float, what: str) -> None:
@@ -200,11 +214,21 @@ class LocalRayCluster:
         except (OSError, ValueError):
             return None
 
-    def alive_nodes(self) -> list[str]:
-        """Node ids of the ALIVE nodes, from Ray's state API on the dashboard."""
+    def _nodes(self) -> list[dict]:
+        """The ALIVE nodes, from Ray's state API on the dashboard."""
         data = self._get("/api/v0/nodes") or {}
         rows = data.get("data", {}).get("result", {}).get("result", [])
-        return [n["node_id"] for n in rows if n.get("state") == "ALIVE"]
+        return [n for n in rows if n.get("state") == "ALIVE"]
+
+    def alive_nodes(self) -> list[str]:
+        return [n["node_id"] for n in self._nodes()]
+
+    def head_node_id(self) -> str:
+        return next(n["node_id"] for n in self._nodes() if n.get("is_head_node"))
+
+    def cpus(self) -> dict[str, float]:
+        """node id -> CPUs it offers."""
+        return {n["node_id"]: n.get("resources_total", {}).get("CPU", 0) for n in self._nodes()}
 
     def stop(self) -> list[int]:
         try:
@@ -221,10 +245,10 @@ class LocalRayCluster:
 @pytest.fixture(scope="module")
 def cluster():
     try:
-        c = LocalRayCluster(num_nodes=2)
+        c = LocalRayCluster(num_nodes=3, head_cpus=0)
     except RuntimeError as first:  # a node can lose a port race on a busy machine: once more
         print(f"retrying the Ray cluster start after: {first}", file=sys.stderr)
-        c = LocalRayCluster(num_nodes=2)
+        c = LocalRayCluster(num_nodes=3, head_cpus=0)
     yield c
     left = c.stop()
     assert not left, f"Ray processes left after teardown: {left}"
@@ -232,12 +256,14 @@ def cluster():
 
 @pytest.fixture
 def env(cluster, monkeypatch, tmp_path):
-    """This process talks to the cluster with its token; MLflow points at a sqlite file."""
+    """This process talks to the cluster with its token. The stand-in never connects to MLflow,
+    so an http:// URI that resolves nowhere serves (`distcl launch` refuses a SQLite or file
+    store on a cluster of more than one node)."""
     for name in ("RAY_AUTH_TOKEN", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(cluster.token_file))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.invalid:5000")
     fake = tmp_path / "fake_distcl.py"
     fake.write_text(FAKE_DISTCL)
     return ["--address", cluster.address, "--distcl-bin", f"{sys.executable} {fake}"]
@@ -247,12 +273,13 @@ def _fake_argv(out: str) -> list[str]:
     return json.loads(re.search(r"fake-distcl argv=(.*)", out).group(1))
 
 
-def test_fixture_has_two_alive_nodes(cluster):
-    nodes = cluster.alive_nodes()
-    assert len(nodes) == 2 and len(set(nodes)) == 2
+def test_fixture_is_a_cpu_less_head_and_two_worker_nodes(cluster):
+    cpus = cluster.cpus()
+    assert len(cpus) == 3 and cpus.pop(cluster.head_node_id()) == 0
+    assert sorted(cpus.values()) == [1, 1]
 
 
-def test_launch_streams_logs_and_returns_the_jobs_exit_status(env, capsys):
+def test_launch_streams_logs_and_returns_the_jobs_exit_status(env, cluster, capsys):
     assert launch.main([*env, "--config", "tiny", "test.exit_code=0", "note.text=two words"]) == 0
     out, err = capsys.readouterr()
     assert out.splitlines()[0].startswith("raysubmit_")
@@ -264,6 +291,7 @@ def test_launch_streams_logs_and_returns_the_jobs_exit_status(env, capsys):
         "note.text=two words",
     ]
     assert f"MLFLOW_TRACKING_URI={os.environ['MLFLOW_TRACKING_URI']}" in out  # passed through
+    assert f"fake-distcl cwd={cluster.cwd}\n" in out  # the head's cwd: checked for strays below
     assert "SUCCEEDED" in err
 
     assert launch.main([*env, "test.exit_code=3"]) == 3  # the driver's exit code comes back
@@ -313,46 +341,131 @@ def test_wrong_or_missing_token_is_refused_with_what_to_check(
     assert real not in res.stdout + res.stderr
 
 
-@pytest.mark.skipif(
-    find_spec("distcl.train") is None or find_spec("distcl.cli") is None,
-    reason="distcl.train / distcl.cli not written yet",
-)
-def test_two_worker_training_job_runs_on_two_nodes(env, cluster, tmp_path, capsys):
-    db = tmp_path / "mlflow.db"
+def test_a_local_tracking_store_is_refused_before_anything_is_submitted(env, capsys, monkeypatch):
+    assert launch.main([*env, "tracking.uri=sqlite:///mlflow.db"]) == launch.EXIT_LAUNCH_ERROR
+    out, err = capsys.readouterr()
+    assert "raysubmit_" not in out and "a cluster of 3 nodes" in err
+    assert "MLFLOW_TRACKING_URI=http://MLFLOW_HOST:5000" in err  # the fix
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # MLflow's default is a local SQLite file too
+    assert launch.main(env) == launch.EXIT_LAUNCH_ERROR
+    assert "sqlite:///mlflow.db" in capsys.readouterr().err
+
+
+# Later overrides win: these shrink a GPU preset's run to a tiny CNN on CPU that finishes in
+# seconds. The cluster routes set the resources (train.num_workers, ...) themselves.
+TINY_RUN = [
+    "model.arch=small_cnn",
+    "model.width=8",
+    "model.feat_dim=0",  # 8 x width
+    "model.proj_hidden=64",
+    "model.proj_dim=32",
+    "data.resolution=32",  # the tiny CIFAR-10 files' size
+    "data.loader_workers=1",
+    "train.epochs=2",
+    "train.global_batch=64",
+    "eval.knn_every=0",  # kNN at the last epoch only
+    "eval.semi=false",
+    "eval.tsne_points=0",
+    "eval.baselines=false",
+    "tracking.log_model=false",
+    "tracking.system_metrics=false",
+]
+
+
+def write_tiny_cifar10(root: Path) -> Path:
+    """`root/cifar-10-batches-py/`: 200 train and 40 test images of 32 x 32 in CIFAR's format."""
+    from tests.data.native_fixtures import make_cifar10
+
+    make_cifar10(root, per_batch=40, n_test=40)
+    return root
+
+
+def check_tracked_run(uri: str, storage: Path, epochs: int) -> Any:
+    """The one run whose checkpoints are under `storage`, read back from the MLflow server:
+    FINISHED, tracked through $MLFLOW_TRACKING_URI, each epoch's metrics logged exactly once."""
+    from mlflow.tracking import MlflowClient
+
+    from distcl.driver import RUN_FILE
+
+    run_files = list(storage.glob(f"*/{RUN_FILE}"))
+    assert len(run_files) == 1, f"want one run under {storage}, got {run_files}"
+    checkpoints = [p for p in run_files[0].parent.glob("checkpoint_*") if p.is_dir()]
+    assert checkpoints and all(any(c.iterdir()) for c in checkpoints), "no checkpoint written"
+    run_id = json.loads(run_files[0].read_text())["mlflow_run_id"]
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["tracking.uri"] == ""  # the URI came through the environment only
+    for key in ("loss", "images_per_s", "epoch_time_s"):
+        steps = sorted(m.step for m in client.get_metric_history(run_id, key))
+        assert steps == list(range(1, epochs + 1)), f"{key} logged at steps {steps}"
+    return run
+
+
+def assert_no_local_leftovers(cwd: Path) -> None:
+    """Nothing of a run in the driver's working directory: storage and MLflow are elsewhere."""
+    stray = [p.name for p in cwd.iterdir() if p.name in ("runs", "mlflow.db", "mlruns", "data")]
+    assert not stray, f"the run wrote {stray} into the driver's working directory {cwd}"
+
+
+def test_rayjob_entrypoint_trains_on_the_worker_nodes_and_tracks_to_the_mlflow_server(
+    cluster, mlflow_server, tmp_path, capsys, monkeypatch
+):
+    """cluster/kuberay/rayjob.yaml's entrypoint and runtime env, submitted with `distcl launch`.
+
+    Only the site's parts are replaced: /mnt/shared (the PVC) by a folder holding tiny CIFAR-10
+    files, the S3 bucket by a local folder that is not the job's working directory, and the
+    MLflow host by the test's server, given only as the runtime env's MLFLOW_TRACKING_URI as
+    the manifest does. `TINY_RUN` and the CPU resources are appended as overrides.
+
+    The RayCluster route (README: `distcl launch --config cifar10_simclr_resnet18 OVERRIDES`
+    against a long-lived cluster) submits through the same `distcl launch` and runs the same
+    `distcl train` with the same preset and overrides minus data.root; what differs is how
+    launch builds the entrypoint from its arguments and passes the shell's MLFLOW_TRACKING_URI
+    through, both asserted by the stand-in tests above. A second real run would add about a
+    minute and no other code path.
+    """
+    spec = yaml.safe_load((REPO / "cluster" / "kuberay" / "rayjob.yaml").read_text())["spec"]
+    shared, bucket = tmp_path / "shared", tmp_path / "bucket" / "checkpoints"
+    write_tiny_cifar10(shared / "data")
+    entrypoint = spec["entrypoint"]
+    for theirs, ours in {
+        "/mnt/shared": shared,
+        "s3://my-distcl-bucket/checkpoints": bucket,
+    }.items():
+        assert theirs in entrypoint
+        entrypoint = entrypoint.replace(theirs, str(ours))
+    runtime_env = yaml.safe_load(spec["runtimeEnvYAML"])
+    runtime_env["env_vars"]["MLFLOW_TRACKING_URI"] = mlflow_server
+    (tmp_path / "runtime_env.yaml").write_text(yaml.safe_dump(runtime_env))
+    for name in ("RAY_AUTH_TOKEN", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(cluster.token_file))
+    # `distcl launch` submits `DISTCL_BIN train OVERRIDES ...`. With this DISTCL_BIN the job's
+    # shell runs the entrypoint string as written and then the overrides ("train" becomes $0).
+    distcl_bin = "bash -c " + shlex.quote(entrypoint + ' "$@"')
     overrides = [
-        "data.dataset=synthetic",
-        f"data.beton_dir={tmp_path / 'betons'}",
-        "data.loader_workers=1",
-        "model.width=8",
-        "model.feat_dim=0",  # 8 x width: the tiny net
-        "train.epochs=1",
-        "train.global_batch=64",
+        "train.use_gpu=false",
         "train.num_workers=2",
         "train.cpus_per_worker=1",
-        "train.placement_strategy=STRICT_SPREAD",
-        f"train.storage_path={tmp_path / 'runs'}",
-        "eval.knn_every=0",
-        "eval.baselines=false",
-        f"tracking.uri=sqlite:///{db}",
+        "train.placement_strategy=STRICT_SPREAD",  # one rank per worker node, like the GPU pods
+        *TINY_RUN,
     ]
-    rc = launch.main(["--address", cluster.address, "--config", "fashion_mnist_simclr", *overrides])
+    argv = ["--address", cluster.address, "--runtime-env", str(tmp_path / "runtime_env.yaml")]
+    rc = launch.main([*argv, "--distcl-bin", distcl_bin, *overrides])
     out, err = capsys.readouterr()
-    assert rc == 0, f"job did not succeed:\n{out[-4000:]}\n{err[-2000:]}"
+    assert rc == 0, f"job did not succeed:\n{out[-5000:]}\n{err[-2000:]}"
     assert "SUCCEEDED" in err
-    line = re.search(r"distcl: worker nodes: (.+)", out)
-    assert line, f"no 'distcl: worker nodes:' line in the job's log:\n{out[-3000:]}"
-    ids = [i for i in re.split(r"[,\s]+", line.group(1).strip()) if i]
-    assert len(ids) == 2 and len(set(ids)) == 2  # STRICT_SPREAD: one worker per node
-    assert set(ids) <= set(cluster.alive_nodes())
-    with sqlite3.connect(db) as con:
-        runs = con.execute("SELECT run_uuid FROM runs WHERE status = 'FINISHED'").fetchall()
-        assert runs, "no finished MLflow run in the sqlite store"
-        run = runs[-1][0]
-        assert con.execute("SELECT COUNT(*) FROM metrics WHERE run_uuid = ?", (run,)).fetchone()[0]
-        recorded = con.execute(
-            "SELECT value FROM tags WHERE run_uuid = ? AND key = 'worker_node_ids' UNION ALL "
-            "SELECT value FROM params WHERE run_uuid = ? AND key = 'worker_node_ids'",
-            (run, run),
-        ).fetchone()
-    assert recorded, "rank 0 recorded no worker_node_ids tag or param in MLflow"
-    assert sorted(recorded[0].split(",")) == sorted(ids)
+    assert "(wrote)" in out  # `distcl prepare` ran in the job and wrote the .betons
+    assert sorted(p.name for p in (shared / "betons").glob("*.beton"))
+
+    run = check_tracked_run(mlflow_server, bucket, epochs=2)
+    tags = run.data.tags
+    driver, ranks = tags["driver_node_id"], tags["worker_node_ids"].split(",")
+    assert driver == cluster.head_node_id()  # the job's driver runs on the head
+    assert len(set(ranks)) == 2 and driver not in ranks  # STRICT_SPREAD over the worker nodes
+    assert set(ranks) == set(cluster.alive_nodes()) - {driver}
+    assert run.data.params["train.storage_path"] == str(bucket)  # the last override won
+    assert float(run.data.params["train.cpus_per_worker"]) == 1
+    assert_no_local_leftovers(cluster.cwd)

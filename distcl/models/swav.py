@@ -10,8 +10,8 @@ codes of a rank's rows equal the codes of the same rows in a single process that
 whole global batch. Multi-crop: views 0-1 are the global crops; views 2.. are the local crops
 (smaller resolution, from the `multicrop` view preset); views of one resolution share a forward.
 Queue (`method.swav_queue_size` > 0): the last Q global-crop embeddings of the GLOBAL batch,
-gathered without gradient so every rank holds the same queue (DDP broadcasts buffers from rank
-0 anyway); each rank adds its slice of the queue to its Sinkhorn columns, so the union over ranks
+gathered without gradient so every rank holds the same queue (DDP need not broadcast it, and
+does not); each rank adds its slice of the queue to its Sinkhorn columns, so the union over ranks
 is the whole queue, as in a single process. The queue starts filling at epoch
 `swav_queue_start_epoch` and is used once full (the reference code's rule).
 Prototypes are L2-normalised after every optimizer step and get no update before epoch
