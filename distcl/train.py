@@ -17,7 +17,7 @@ import ray.train
 import ray.train.torch
 import torch
 
-from distcl import checkpoint, dist
+from distcl import budget, checkpoint, dist
 from distcl.config import Config, from_flat
 from distcl.data.loader import build_train_loader, split_batch, to_float
 from distcl.evaluate import knn_monitor
@@ -88,12 +88,13 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         weight_decay=cfg.optim.weight_decay,
         trust_coefficient=cfg.optim.trust_coefficient,
     )
-    start_epoch, step = 0, 0
+    start_epoch, step, epochs = 0, 0, cfg.train.epochs
     state = _resume_state(rank)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, step = state["epoch"], state["step"]
+        epochs = state.get("budget_epochs") or epochs  # a budget's plan survives restarts
         checkpoint.set_rng_state(state["rng"])
         if rank == 0:
             print(f"distcl: resumed at epoch {start_epoch}, step {step}", flush=True)
@@ -109,7 +110,8 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         world=world,
     )
     steps_per_epoch = len(loader)
-    total_steps = steps_per_epoch * cfg.train.epochs
+    total_steps = steps_per_epoch * epochs  # refitted once when a time budget plans the epochs
+    plan_pending = cfg.train.time_budget_s > 0 and start_epoch == 0  # else the plan is kept
     peak_lr = scaled_lr(cfg.optim.lr, cfg.train.global_batch, cfg.optim.lr_scaling)
     warmup = min(total_steps, int(cfg.optim.warmup_epochs * steps_per_epoch))
     precision_used = resolve_precision(cfg.train.precision, device)
@@ -128,15 +130,28 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
             logged = {s for s, _ in logger.metric_history("loss")}  # epochs already in MLflow
             last_logged_step = max((s for s, _ in logger.metric_history("step_loss")), default=0)
     skipped, lr, log_every = 0, 0.0, cfg.train.log_every
-
-    for epoch in range(start_epoch, cfg.train.epochs):
+    t_train, epoch = time.perf_counter(), start_epoch
+    t_steps_end = steady_s = knn_s = 0.0  # the last epoch's timings, for the time budget
+    while epoch < epochs:
+        if plan_pending and epoch > start_epoch:  # one epoch reported: fix the plan, then the LR
+            costs = budget.EpochCosts(
+                spent_s=time.perf_counter() - t_train,
+                done=epoch - start_epoch,
+                step_s=steady_s,
+                steps_per_epoch=steps_per_epoch,
+                epoch_end_s=max(0.0, time.perf_counter() - t_steps_end - knn_s),
+                knn_s=knn_s,
+            )
+            epochs, plan_pending = _plan_budget(cfg, costs, logger), False
+            total_steps = steps_per_epoch * epochs
+            continue  # re-check `epoch < epochs`: a budget may end the run here
         net.train()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         t_epoch, wait, n_steps = time.perf_counter(), 0.0, 0
-        t_data = time.perf_counter()
-        for batch in loader:
+        t_data, t_steady, i_steady = time.perf_counter(), t_epoch, 0
+        for i, batch in enumerate(loader):
             wait += time.perf_counter() - t_data
             views, labels = split_batch(batch)
             views = [to_float(v, meta["channels"], device) for v in views]
@@ -149,6 +164,8 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
                 final_lr=cfg.optim.final_lr,
             )
             set_lr(optimizer, lr)
+            if i == min(3, steps_per_epoch // 4):  # past the compile: steady steps from here
+                t_steady, i_steady = time.perf_counter(), i
             loss, applied = train_step(
                 model, net, optimizer, views, labels, chunk=chunk, use_bf16=use_bf16
             )
@@ -175,14 +192,15 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
                 in_epoch = step - epoch * steps_per_epoch
                 step_loss = loss.item()  # the one host read, every log_every steps
                 print(
-                    f"distcl: epoch {epoch + 1}/{cfg.train.epochs} step {in_epoch}/"
+                    f"distcl: epoch {epoch + 1}/{epochs} step {in_epoch}/"
                     f"{steps_per_epoch} loss={step_loss:.4g} lr={lr:.3g}",
                     flush=True,
                 )
                 if logger is not None and step > last_logged_step:  # a re-run step logs once
                     logger.log_metrics({"step_loss": step_loss}, step=step)
             t_data = time.perf_counter()
-        elapsed = time.perf_counter() - t_epoch
+        t_steps_end = time.perf_counter()
+        elapsed = t_steps_end - t_epoch
         dist.broadcast_buffers(model)  # rank 0's BatchNorm statistics for kNN and checkpoint
         metrics = {
             "loss": dist.all_reduce_mean_scalar(float(loss_sum) / max(1, n_steps)),
@@ -194,8 +212,9 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         }
         if device.type == "cuda":
             metrics["gpu_peak_mem_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-        every = cfg.eval.knn_every
-        if (every and (epoch + 1) % every == 0) or epoch + 1 == cfg.train.epochs:
+        every, knn_s = cfg.eval.knn_every, 0.0
+        if (every and (epoch + 1) % every == 0) or epoch + 1 == epochs or plan_pending:
+            t_knn = time.perf_counter()
             metrics["knn_acc"] = knn_monitor(
                 model.encoder,
                 loop_cfg["train_eval_path"],
@@ -206,6 +225,9 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
                 bank_size=cfg.eval.knn_train_images,
                 use_bf16=use_bf16,
             )
+            knn_s = time.perf_counter() - t_knn
+        steady_s = (t_steps_end - t_steady) / max(1, steps_per_epoch - i_steady)
+        metrics["train_elapsed_s"] = time.perf_counter() - t_train
         # Log before the checkpoint is reported, and never twice: a restart may re-run an epoch
         # whose checkpoint was not registered, but its MLflow step is already there.
         if logger is not None and epoch + 1 not in logged:
@@ -213,14 +235,29 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
             logged.add(epoch + 1)
         if rank == 0:
             print(
-                f"distcl: epoch {epoch + 1}/{cfg.train.epochs} "
+                f"distcl: epoch {epoch + 1}/{epochs} "
                 + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"),
                 flush=True,
             )
-        _report(cfg, model, optimizer, epoch, step, metrics, loop_cfg, rank)
+        _report(cfg, model, optimizer, epoch, step, metrics, loop_cfg, rank, epochs)
+        epoch += 1
 
 
-def _report(cfg, model, optimizer, epoch, step, metrics, loop_cfg, rank) -> None:
+def _plan_budget(cfg: Config, costs: budget.EpochCosts, logger) -> int:
+    """Epochs that fit `train.time_budget_s`: rank 0's plan, the same on every rank; printed
+    and logged as the `budget_epochs` and `budget_plan` params."""
+    every, limit = cfg.eval.knn_every, cfg.train.time_budget_s
+    epochs = budget.plan_epochs(limit, costs, max_epochs=cfg.train.epochs, knn_every=every)
+    epochs = dist.broadcast_object(epochs)  # rank 0's plan: every rank runs the same schedule
+    if dist.get_rank() == 0:
+        line = budget.describe(limit, epochs, costs, every, cfg.train.global_batch)
+        print(f"distcl: {line}", flush=True)
+        if logger is not None:
+            logger.log_params_once({"budget_epochs": epochs, "budget_plan": line})
+    return epochs
+
+
+def _report(cfg, model, optimizer, epoch, step, metrics, loop_cfg, rank, epochs) -> None:
     """Every rank reports (it is a barrier); rank 0 attaches the checkpoint."""
     if rank != 0:
         ray.train.report(metrics)
@@ -232,6 +269,7 @@ def _report(cfg, model, optimizer, epoch, step, metrics, loop_cfg, rank) -> None
         "step": step,
         "rng": checkpoint.rng_state(),
         "seed": cfg.train.seed,
+        "budget_epochs": epochs if cfg.train.time_budget_s > 0 else 0,
         "mlflow_run_id": loop_cfg.get("mlflow_run_id") or "",
         "config": cfg.to_flat(),
         "meta": loop_cfg["meta"],

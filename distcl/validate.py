@@ -147,6 +147,8 @@ def validate(cfg: Config) -> None:
     for key in ("chunk_size", "max_failures", "skip_nonfinite", "log_every"):
         if getattr(t, key) < 0:
             e.append(f"train.{key}={getattr(t, key)} is negative; it must be >= 0")
+    if t.time_budget_s < 0:
+        e.append(f"train.time_budget_s={t.time_budget_s} is negative; use 0 (off) or seconds > 0")
     if t.keep_checkpoints < 1:
         e.append(f"train.keep_checkpoints={t.keep_checkpoints}: keep at least 1 checkpoint")
     if t.global_batch > 0 and t.num_workers > 0:
