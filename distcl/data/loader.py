@@ -10,8 +10,12 @@ torchvision fallback (`torch_loader.py`, same batches) from `data.loader`.
 
 from __future__ import annotations
 
+import functools
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,6 +73,48 @@ def _label_pipeline():
     return [IntDecoder(), ToTensor(), Squeeze()]
 
 
+def _keeps_torch_threads(build: Callable[..., Any]) -> Callable[..., Any]:
+    """Keep torch's thread count what distcl set it to, whatever FFCV's loaders do.
+
+    FFCV 1.0.2's `Compiler.set_num_threads(n)` sets numba's threads AND `torch.set_num_threads`,
+    which is process-wide: at its first import (to 1), in every Loader's constructor and at the
+    start of every epoch, from the loader's own thread (to the loader's `num_workers`). So a
+    worker with `train.cpus_per_worker=4` and one loader thread trained on ONE torch thread
+    from its first batch on. The wrapped builders restore torch's count around the import and
+    the constructor, and FFCV's compiler is left setting numba's threads only (numba's count is
+    per thread, which is why FFCV sets it from the loader's thread).
+    """
+
+    @functools.wraps(build)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        threads = torch.get_num_threads()
+        try:
+            _numba_threads_only()
+            return build(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return wrapper
+
+
+def _numba_threads_only() -> None:
+    """Make FFCV's `Compiler.set_num_threads` set numba's threads and leave torch's alone."""
+    import numba
+    from ffcv.pipeline.compiler import Compiler
+
+    if getattr(Compiler.set_num_threads, "_distcl", False):
+        return
+
+    def set_num_threads(cls, n: int) -> None:
+        n = n if n >= 1 else (os.cpu_count() or 1)
+        cls.num_threads = n  # read by FFCV's compiler: prange (parallel) when > 1
+        numba.set_num_threads(n)
+
+    set_num_threads._distcl = True  # type: ignore[attr-defined]
+    Compiler.set_num_threads = classmethod(set_num_threads)
+
+
+@_keeps_torch_threads
 def train_loader(
     path: str | Path,
     *,
@@ -156,6 +202,7 @@ def build_train_loader(
     )
 
 
+@_keeps_torch_threads
 def eval_loader(
     path: str | Path, *, batch_size: int, num_workers: int, indices: np.ndarray | None = None
 ):

@@ -79,3 +79,31 @@ def test_two_views_differ_and_epochs_resume(tmp_path):
         epoch=1,
     )
     assert torch.equal(torch.cat([split_batch(b)[1].clone() for b in resumed]), order_epoch1)
+
+
+def _threads_seen(path: str, out) -> None:
+    torch.set_num_threads(2)  # what a worker with train.cpus_per_worker=2 sets
+    seen = [torch.get_num_threads()]
+    loader = train_loader(  # the first FFCV import happens in here
+        path, batch_size=32, views=2, spec=ViewSpec(28), seed=5, distributed=False, num_workers=1
+    )
+    seen.append(torch.get_num_threads())
+    for _ in range(2):  # FFCV's epoch iterator sets threads from its own thread
+        for _ in loader:
+            seen.append(torch.get_num_threads())
+    out.put(seen)
+
+
+def test_the_loader_leaves_torch_threads_alone(tmp_path):
+    """FFCV set torch's (process-wide) thread count to the loader's num_workers at import, in
+    the Loader and at every epoch: a 2-CPU worker with one loader thread trained on one."""
+    path = tmp_path / "idx.beton"
+    _indexed_beton(path)
+    ctx = mp.get_context("spawn")  # a fresh process: FFCV not imported yet
+    out = ctx.Queue()
+    proc = ctx.Process(target=_threads_seen, args=(str(path), out))
+    proc.start()
+    seen = out.get(timeout=240)
+    proc.join(timeout=60)
+    assert proc.exitcode == 0
+    assert len(seen) == 2 + 2 * (N // 32) and set(seen) == {2}, seen
