@@ -56,6 +56,21 @@ def _resume_state(rank: int) -> dict[str, Any] | None:
     return state
 
 
+def _thread_layout() -> str:
+    """Threads and CPUs this worker computes with (torch, numba for the loader, the CPUs it may
+    run on, and the thread variables Ray and the user set), for the run's log."""
+    import numba
+
+    env = " ".join(
+        f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ
+    )
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
+    return (
+        f"torch_threads={torch.get_num_threads()} numba_threads={numba.get_num_threads()} "
+        f"cpus={cpus} {env}".rstrip()
+    )
+
+
 def _worker_node_ids(device: torch.device) -> list[str]:
     """The Ray node id of every rank, in rank order (node ids are 56 hex characters)."""
     node = ray.get_runtime_context().get_node_id().encode().ljust(64)
@@ -109,6 +124,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         rank=rank,
         world=world,
     )
+    print(f"distcl: rank {rank} {_thread_layout()}", flush=True)
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * epochs  # refitted once when a time budget plans the epochs
     plan_pending = cfg.train.time_budget_s > 0 and start_epoch == 0  # else the plan is kept
