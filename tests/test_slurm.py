@@ -132,7 +132,7 @@ def test_sbatch_trains_on_two_ray_nodes_tracks_to_mlflow_and_stops_them(tmp_path
     the README's preset on both nodes (one CPU rank each, gloo across the nodes), MLflow as a
     server given only as MLFLOW_TRACKING_URI, data and checkpoints in DISTCL_SHARED."""
     from distcl.cli import main as distcl_main
-    from tests.test_launch import (
+    from tests.rehearsal import (
         TINY_RUN,
         assert_no_local_leftovers,
         check_tracked_run,
