@@ -3,7 +3,8 @@
 Reads FINISHED runs with `mlflow.search_runs`, prints one row per run (method, loss, batch,
 temperature, kNN, linear, 1% and 10% semi-supervised accuracy) with the Δ in points against each
 baseline of the experiment (see distcl.baselines), writes the table as Markdown and CSV plus a
-bar chart, and logs the three files to a new run tagged `role=report`.
+bar chart, logs the three files to a new run tagged `role=report`, and (for an experiment)
+writes the table as the experiment's description, linked to that run.
 
     distcl compare [--experiment NAME | --parent RUN_ID] [--tracking-uri URI] [--out DIR]
 """
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from distcl import tracking
+from distcl import tracking, tracking_review
 
 FIELDS = (  # column, DataFrame column, kind
     ("run", "tags.mlflow.runName", "text"),
@@ -229,4 +230,6 @@ def main(argv: list[str]) -> int:
             report.log_artifact(out / f)
         report.end("FINISHED")
         print(f"distcl compare: logged to run {report.run_id} (role=report)")
+        if not args.parent:  # the experiment's description: the table, linked to these files
+            tracking_review.describe_experiment(uri, exp_id, report.run_id)
     return 0

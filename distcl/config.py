@@ -123,6 +123,9 @@ class TrainConfig:
     sync_bn: bool = False  # SyncBatchNorm across workers (SimCLR's global BN)
     skip_nonfinite: int = 0  # tolerate up to K non-finite loss steps before failing
     log_every: int = 50  # print and log rank 0's step loss every N steps (0 = epoch ends only)
+    # seconds for the epochs (0 = off): after epoch 1 the run plans the most epochs, up to
+    # train.epochs, that end inside it, and fits the LR schedule to them (distcl/budget.py)
+    time_budget_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -145,8 +148,8 @@ class TrackingConfig:
     experiment: str = ""  # "" = $MLFLOW_EXPERIMENT_NAME, else one per dataset: distcl-<dataset>
     enabled: bool = True
     log_model: bool = True  # log the encoder with mlflow.pytorch.log_model (a pickled nn.Module)
-    register: bool = False  # also register the logged encoder in the MLflow model registry
-    registered_model: str = ""  # registry name; "" = distcl-<dataset>-<method>
+    register: bool = True  # a finished method run's encoder becomes a new registry version
+    registered_model: str = ""  # registry name; "" = distcl-<dataset>-<method> (one per preset)
     system_metrics: bool = True  # sample CPU/memory/disk/network/GPU into system/* metrics
     system_metrics_interval: float = 10.0  # seconds between system-metric samples
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from distcl import __version__, checkpoint, tracking
+from distcl import __version__, checkpoint, tracking, tracking_review
 from distcl.config import Config, ConfigError
 from distcl.data import beton
 from distcl.storage import filesystem
@@ -114,6 +114,7 @@ def _open_tracking(cfg: Config, uri: str, storage: str, name: str, data: dict):
     }
     experiment = tracking.experiment_name(cfg)
     logger = tracking.start_run(uri, experiment, cfg.run_name, cfg.to_flat(), tags, cfg.to_yaml())
+    tracking_review.log_datasets(logger, data)  # the runs table's Dataset column
     _write_run_file(storage, name, {"mlflow_run_id": logger.run_id, "data": data})
     return logger
 
@@ -162,6 +163,7 @@ def fit(cfg: Config, *, resume: bool = False, summary_json: str | None = None) -
     if logger:
         logger.log_text(json.dumps(summary, indent=1), "summary.json")
         logger.end("FINISHED")
+        tracking_review.after_run(uri, logger.experiment_id, logger.run_id)  # compare table
     print_table(cfg.run_name, results)
     if summary_json:
         Path(summary_json).parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distcl import checkpoint, tracking
+from distcl import checkpoint, tracking, tracking_review
 from distcl.config import Config
 from distcl.evaluate import (
     PROBE_ITERS,
@@ -227,6 +227,7 @@ def final_evaluation(cfg: Config, state: dict, data: dict, logger=None) -> dict[
         log_results(cfg, out, logger)
         with _stage("plots and the encoder model to MLflow"):
             log_artifacts(cfg, logger, encoder, data, te_x, te_y)
+        tracking_review.finish_review(logger, cfg, out)  # description; registry version
     return out
 
 
@@ -247,7 +248,7 @@ def log_artifacts(
     te_x: torch.Tensor,
     te_y: torch.Tensor,
 ) -> None:
-    """curves.png, tsne.png and the encoder as an MLflow model (optionally registered)."""
+    """curves.png, tsne.png and the encoder as an MLflow model."""
     from distcl import tracking
 
     tracking.log_figure(logger, curves_figure(logger), "plots/curves.png")
@@ -263,10 +264,8 @@ def log_artifacts(
             device=torch.device("cpu"),
             indices=np.arange(2),
         )
-        name = ""
-        if cfg.tracking.register:
-            name = cfg.tracking.registered_model or f"distcl-{cfg.data.dataset}-{cfg.method.name}"
-        tracking.log_encoder(logger, encoder.eval(), example.numpy(), name)
+        tracking.log_encoder(logger, encoder.eval(), example.numpy())  # registered by
+        # tracking_review.finish_review, once the run's accuracies are known
 
 
 def curves_figure(logger):

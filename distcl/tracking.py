@@ -1,4 +1,4 @@
-"""MLflow tracking: the only module in distcl that imports mlflow.
+"""MLflow tracking: with tracking_review.py (what the UI shows), the only mlflow importer.
 
 The driver creates the run (so its id exists before any worker starts and survives restarts);
 rank 0 of the worker group logs per-epoch metrics into it through `RunLogger`, and the driver
@@ -186,16 +186,20 @@ class RunLogger:
 
 
 def experiment_id(uri: str, name: str) -> str:
-    """The id of experiment `name`, created if missing; a SQLite store keeps the artifacts of
-    new experiments next to its database (mlflow's default is ./mlruns of whatever cwd)."""
+    """The id of experiment `name`, created if missing, tagged as model training (see
+    tracking_review); a SQLite store keeps the artifacts of new experiments next to its
+    database (mlflow's default is ./mlruns of whatever cwd)."""
     from mlflow.tracking import MlflowClient
 
-    exp = find_experiment(uri, name)
+    from distcl.tracking_review import mark_training, training_tags
+
+    client, exp = MlflowClient(tracking_uri=uri), find_experiment(uri, name)
     if exp:
+        mark_training(client, exp)  # experiments made before distcl set the tag, or by others
         return exp.experiment_id
     db = Path(uri[len("sqlite:///") :]).parent if uri.startswith("sqlite:///") else None
     where = str((db / "mlartifacts").resolve()) if db else None
-    return MlflowClient(tracking_uri=uri).create_experiment(name, where)
+    return client.create_experiment(name, where, tags=training_tags())
 
 
 def find_experiment(uri: str, name: str = "", exp_id: str = "") -> Any:
@@ -227,10 +231,11 @@ def start_run(
     """
     from mlflow.tracking import MlflowClient
 
+    from distcl.tracking_review import context_tags
+
     client = MlflowClient(tracking_uri=uri)
-    run = client.create_run(
-        experiment_id(uri, experiment), run_name=run_name, tags={k: str(v) for k, v in tags.items()}
-    )
+    tags = context_tags({k: str(v) for k, v in tags.items()})  # user, source, git commit
+    run = client.create_run(experiment_id(uri, experiment), run_name=run_name, tags=tags)
     logger = RunLogger(uri, run.info.run_id)
     logger.log_params(params)
     if config_yaml:
@@ -281,16 +286,18 @@ def read_artifact_text(uri: str, run_id: str, path: str) -> str | None:
 
 
 @contextlib.contextmanager
-def _global_uri(uri: str, **env: str):
-    """Point mlflow's fluent API at `uri` (and set `env`) for the block, then restore both
-    (`mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI: restored as it was)."""
+def _global_uri(uri: str, **env: str | None):
+    """Point mlflow's fluent API at `uri` (and set `env`; None unsets) for the block, then
+    restore both (`mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI: restored)."""
     import mlflow
     from mlflow.tracking._tracking_service import utils as service  # holds the global URI
 
     previous = getattr(service, "_tracking_uri", None)
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", *env)}
     mlflow.set_tracking_uri(uri)
-    os.environ.update(env)
+    os.environ.update({k: v for k, v in env.items() if v is not None})
+    for k in [k for k, v in env.items() if v is None]:
+        os.environ.pop(k, None)
     try:
         yield
     finally:
@@ -334,7 +341,10 @@ def log_encoder(
     from distcl import __version__
 
     requirements = [*mlflow.pytorch.get_default_pip_requirements(), f"distcl=={__version__}"]
-    with _global_uri(logger.uri):
+    # the logged model belongs to the run's experiment (without an active run, mlflow would
+    # put it in the global experiment, Default): the run page's Logged models, the Models tab
+    exp = {"MLFLOW_EXPERIMENT_ID": logger.experiment_id, "MLFLOW_EXPERIMENT_NAME": None}
+    with _global_uri(logger.uri, **exp):
         info = mlflow.pytorch.log_model(
             encoder,
             name="encoder",

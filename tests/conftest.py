@@ -140,3 +140,27 @@ def mlflow_server(tmp_path_factory):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
     log.close()
+
+
+@pytest.fixture(scope="session")
+def server_fit(ray_session, tiny_betons, mlflow_server, tmp_path_factory):
+    """`distcl train` of the tiny config, once per session, logging to the real MLflow server
+    (shared by test_tracking.py and the browser test in test_mlflow_ui.py)."""
+    from distcl import config
+    from distcl.driver import fit
+    from tests.tiny import tiny_overrides
+
+    tmp = tmp_path_factory.mktemp("tracking-e2e")
+    overrides = tiny_overrides(
+        tiny_betons,
+        tmp,
+        f"tracking.uri={mlflow_server}",
+        "tracking.system_metrics_interval=1",
+        "tracking.register=true",
+    )
+    cfg = config.load(None, overrides)
+    summary = fit(cfg, summary_json=str(tmp / "summary.json"))
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    return cfg, summary, client, client.get_run(summary["mlflow_run_id"])

@@ -1,7 +1,8 @@
 """MLflow tracking: URIs and secrets, system metrics, and one real run over HTTP end to end.
 
-The end-to-end part trains once, in process, against the `mlflow_server` fixture (a real
-`mlflow server` with SQLite), then checks what it wrote: the summary JSON, a loadable
+The end-to-end part uses the session's `server_fit` (conftest.py: the tiny config trained once,
+in process, against the `mlflow_server` fixture, a real `mlflow server` with SQLite; the browser
+test in test_mlflow_ui.py reads the same run), then checks what it wrote: the summary JSON, a loadable
 checkpoint, tags, params, metrics, system metrics, artifacts, the encoder loaded back with
 `mlflow.pytorch.load_model`, the baseline runs and their reuse, `distcl compare`'s Δ values
 and `distcl eval --run ... --dataset B`.
@@ -18,7 +19,6 @@ import pytest
 import torch
 
 from distcl import __version__, baselines, compare, config, eval_cli, tracking
-from tests.tiny import tiny_overrides
 
 EXP = "distcl-fashion_mnist"
 
@@ -136,27 +136,6 @@ def test_supervised_baseline_is_looked_up_by_arch_and_split(tmp_path):
     assert found.metrics == {"linear_acc": 0.91, "knn_acc": pytest.approx(0.90)}
     other = config.load(None, ["model.width=8"])
     assert baselines.supervised(other, data, uri, EXP) is None
-
-
-@pytest.fixture(scope="module")
-def server_fit(ray_session, tiny_betons, mlflow_server, tmp_path_factory):
-    """`distcl train` of the tiny config, once, logging to the real MLflow server."""
-    from distcl.driver import fit
-
-    tmp = tmp_path_factory.mktemp("tracking-e2e")
-    overrides = tiny_overrides(
-        tiny_betons,
-        tmp,
-        f"tracking.uri={mlflow_server}",
-        "tracking.system_metrics_interval=1",
-        "tracking.register=true",
-    )
-    cfg = config.load(None, overrides)
-    summary = fit(cfg, summary_json=str(tmp / "summary.json"))
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=mlflow_server)
-    return cfg, summary, client, client.get_run(summary["mlflow_run_id"])
 
 
 @pytest.mark.slow
