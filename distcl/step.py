@@ -41,10 +41,11 @@ class _Embedder(torch.nn.Module):
 
     def __init__(self, method: torch.nn.Module):
         super().__init__()
-        self.encoder, self.projector = method.encoder, method.projector
+        self.encoder, self.projector = method.encoder, method.projector  # DDP's parameters
+        self._embed = method.embed  # a bound method, not a submodule: the loss stays outside
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.encoder(x))  # B x proj_dim
+        return self._embed(x)  # B x proj_dim, exactly the method's own embedding
 
 
 def wrap_ddp(model: torch.nn.Module, world: int, chunk: int) -> torch.nn.Module:

@@ -27,9 +27,8 @@ class TrackingError(RuntimeError):
 SECRET_KEY = re.compile(r"(token|password|passwd|secret|api[_-]?key|credential)", re.I)
 
 
-DEFAULT_URI = (
-    "sqlite:///mlflow.db"  # MLflow 3 refuses plain file stores; SQLite is its local default
-)
+# MLflow 3 refuses plain file stores; SQLite is its local default
+DEFAULT_URI = "sqlite:///mlflow.db"
 
 
 def uri_origin(uri: str) -> str:
