@@ -183,7 +183,7 @@ def random_init(cfg: Config, data: dict[str, Any], uri: str, experiment: str) ->
         encoder = to_channels_last(
             encoder_from_config(m, meta["channels"]), cfg.train.channels_last
         )
-        kw = frozen_feature_kwargs(cfg.train.precision, meta["channels"])  # as the trained one's
+        kw = frozen_feature_kwargs(cfg.train.precision, meta["channels"], cfg.train.use_gpu)
         tr_x, tr_y = extract_features(encoder, data["train_eval_path"], **kw)
         te_x, te_y = extract_features(encoder, data["test_path"], **kw)
         return frozen_metrics(tr_x, tr_y, te_x, te_y, cfg.eval.knn_k)

@@ -83,11 +83,11 @@ def _run_encoder(uri: str, run: Any, cfg: Config) -> nn.Module:
     )
 
 
-def _features(encoder: nn.Module, data: dict[str, Any], channels: int, precision: str):
+def _features(encoder: nn.Module, data: dict[str, Any], channels: int, cfg: Config):
     """Train and test features, computed as the run's final evaluation computes them."""
     from distcl.evaluate import extract_features, frozen_feature_kwargs
 
-    kw = frozen_feature_kwargs(precision, channels)
+    kw = frozen_feature_kwargs(cfg.train.precision, channels, cfg.train.use_gpu)
     return (
         *extract_features(encoder, data["train_eval_path"], **kw),
         *extract_features(encoder, data["test_path"], **kw),
@@ -111,9 +111,7 @@ def evaluate_run(
     out: dict[str, float] = {}
     if what & {"knn", "linear", "semi", "baselines"}:
         data = prepare_data(cfg)
-        tr_x, tr_y, te_x, te_y = _features(
-            encoder, data, data["meta"]["channels"], cfg.train.precision
-        )
+        tr_x, tr_y, te_x, te_y = _features(encoder, data, data["meta"]["channels"], cfg)
         if what & {"knn", "linear"}:
             out.update(
                 baselines.frozen_metrics(tr_x, tr_y, te_x, te_y, cfg.eval.knn_k, "linear" in what)
@@ -140,7 +138,7 @@ def evaluate_run(
         }
         data_b = prepare_data(_config(flat))
         adapter = InputAdapter(encoder, in_channels(encoder), cfg.data.resolution)
-        tr_x, tr_y, te_x, te_y = _features(adapter, data_b, 3, cfg.train.precision)
+        tr_x, tr_y, te_x, te_y = _features(adapter, data_b, 3, cfg)
         metrics = baselines.frozen_metrics(tr_x, tr_y, te_x, te_y, cfg.eval.knn_k)
         out.update({f"transfer_{dataset}_{k}": v for k, v in metrics.items()})
     if logger is not None and out:

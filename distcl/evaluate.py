@@ -34,14 +34,17 @@ PROBE_REFIT_ITERS = 10  # iterations of the final refit on the whole train split
 SEMI_SEED = 0  # the label subsets are fixed across runs, like SimCLR's published ImageNet subsets
 
 
-def frozen_feature_kwargs(precision: str, channels: int) -> dict:
-    """`extract_features` keywords for a finished run's encoder on the driver's CPU: bf16 where
-    the run trained in it (`train.precision`), ~2.6x the fp32 forward speed here."""
+def frozen_feature_kwargs(precision: str, channels: int, use_gpu: bool = False) -> dict:
+    """`extract_features` keywords for a finished run's encoder in the driver: its GPU when the
+    run trained on GPUs (`train.use_gpu`) and this process sees one, else its CPU; bf16 where the
+    run trained in it and the device has it (~2.6x the fp32 forward speed on a bf16 CPU). On an
+    H200, ResNet-18 features of 25,600 CIFAR images took over 80 s on 16 CPU cores."""
+    device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
     return {
         "channels": channels,
-        "device": torch.device("cpu"),
+        "device": device,
         "num_workers": 2,
-        "use_bf16": use_bf16(precision, "cpu"),
+        "use_bf16": use_bf16(precision, device),
     }
 
 
@@ -59,7 +62,8 @@ def extract_features(
 ):
     """Encoder outputs `N x F` (float32, CPU) and labels `N` for the images of a `.beton`."""
     was_training = encoder.training
-    encoder.eval()
+    home = next((t.device for t in encoder.parameters()), None)
+    encoder.eval().to(device)
     feats, labels = [], []
     loader = eval_loader(path, batch_size=batch_size, num_workers=num_workers, indices=indices)
     for images, y in loader:
@@ -69,6 +73,8 @@ def extract_features(
         feats.append(f.float().cpu().clone())
         labels.append(y.cpu().clone())
     encoder.train(was_training)
+    if home is not None:
+        encoder.to(home)  # the caller's module stays where it was
     return torch.cat(feats), torch.cat(labels)
 
 

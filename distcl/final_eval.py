@@ -195,7 +195,7 @@ def final_evaluation(cfg: Config, state: dict, data: dict, logger=None) -> dict[
 
     meta = data["meta"]
     encoder = load_encoder(cfg, state, meta)
-    kw = frozen_feature_kwargs(cfg.train.precision, meta["channels"])
+    kw = frozen_feature_kwargs(cfg.train.precision, meta["channels"], cfg.train.use_gpu)
     with _stage("features of the train and test splits"):
         tr_x, tr_y = extract_features(encoder, data["train_eval_path"], **kw)  # N x F
         te_x, te_y = extract_features(encoder, data["test_path"], **kw)  # M x F

@@ -94,3 +94,32 @@ def test_the_audit_sees_a_device_less_factory(tmp_path, monkeypatch):
     )
     monkeypatch.setattr(f"{__name__}.PKG", tmp_path)
     assert factory_calls("probe.py") == Counter({("probe.py", "loop", "zeros"): 1})
+
+
+def test_the_final_evaluation_uses_the_gpu_only_for_gpu_runs(monkeypatch):
+    """On an H200 the final evaluation's features ran on the driver's CPU and did not finish in
+    80 s; they now run on the driver's GPU for a `train.use_gpu` run (3.1 s there). A CPU run,
+    or a driver without CUDA, keeps the CPU and the bf16 decision follows the device."""
+    import torch
+
+    from distcl.evaluate import extract_features, frozen_feature_kwargs
+
+    assert frozen_feature_kwargs("bf16", 3, use_gpu=True)["device"].type == (
+        "cuda" if torch.cuda.is_available() else "cpu"
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    gpu = frozen_feature_kwargs("auto", 3, use_gpu=True)
+    assert gpu["device"] == torch.device("cuda") and gpu["use_bf16"] is True
+    cpu = frozen_feature_kwargs("fp32", 3, use_gpu=False)
+    assert cpu["device"] == torch.device("cpu") and cpu["use_bf16"] is False
+    monkeypatch.undo()
+    # extract_features moves the encoder to its device and back: the caller's module stays put
+    enc = torch.nn.Linear(2, 2)
+    with monkeypatch.context() as m:
+        m.setattr("distcl.evaluate.eval_loader", lambda *a, **k: [])
+        m.setattr(torch, "cat", lambda xs: xs)
+        seen = []
+        m.setattr(torch.nn.Module, "to", lambda self, d: seen.append(str(d)) or self)
+        extract_features(enc, "unused", channels=1, device=torch.device("meta"))
+    assert seen == ["meta", "cpu"]
