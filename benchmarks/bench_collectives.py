@@ -36,7 +36,7 @@ import harness  # noqa: E402
 
 
 def _moco_step(broadcast: bool, queue: int):
-    from distcl import config
+    from distcl.config import schema as config
     from distcl.models.methods import build_method
 
     cfg = config.load(
@@ -46,7 +46,7 @@ def _moco_step(broadcast: bool, queue: int):
     )  # fmt: skip
     torch.manual_seed(0)
     model = build_method(cfg, 1, 10)
-    from distcl.step import _NO_FORWARD_SYNC
+    from distcl.train.step import _NO_FORWARD_SYNC
 
     ddp = torch.nn.parallel.DistributedDataParallel(
         model, **({} if broadcast else _NO_FORWARD_SYNC)
@@ -68,7 +68,7 @@ def _worker(rank: int, port: int, reps: int, rows: int, queue: int, out: str) ->
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     tdist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        from distcl.dist import rows_summed_all_reduce, rows_summed_reduce_scatter
+        from distcl.runtime.dist import rows_summed_all_reduce, rows_summed_reduce_scatter
 
         local_n, grad = rows // 2, torch.randn(rows, 128)
         a = rows_summed_all_reduce(grad, local_n)

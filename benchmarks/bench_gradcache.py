@@ -4,7 +4,7 @@ Variants (NT-Xent, T=0.1, two views, SGD step, world size 1, 1 torch thread; the
 under bf16 autocast with channels_last where the CPU supports it, as training runs it, and the
 loss stays fp32):
   plain_256       one plain step on a global batch of 256 (the memory a 256 batch needs)
-  gradcache_4096  one gradient-cached step on 4096, chunks of 256 (distcl.gradcache)
+  gradcache_4096  one gradient-cached step on 4096, chunks of 256 (distcl.train.gradcache)
   plain_4096      one plain step on 4096, when its estimated peak fits in free memory (not --quick)
 
 Encoder: the DESIGN.md calibration CNN (4 conv 16-32-64-128 with BN + ReLU, max-pools after the
@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
 
-from distcl.gradcache import gradcache_step  # noqa: E402
 from distcl.losses import build_loss  # noqa: E402
 from distcl.models.heads import projection_mlp  # noqa: E402
-from distcl.precision import autocast, bf16_supported, fp32_embeddings, to_channels_last  # noqa: E402
+from distcl.runtime.precision import autocast, bf16_supported, fp32_embeddings, to_channels_last  # noqa: E402
+from distcl.train.gradcache import gradcache_step  # noqa: E402
 
 VARIANTS = ("plain_256", "gradcache_4096", "plain_4096")
 CHUNK = 256  # samples per encoder chunk (per view)

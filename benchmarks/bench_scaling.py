@@ -45,7 +45,7 @@ def two_node_run(cfg, data) -> dict:
     import ray
     from ray.cluster_utils import Cluster
 
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # as distcl.train does
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # as distcl.train.loop does
     ray.shutdown()
     cluster = Cluster(
         initialize_head=True,

@@ -3,7 +3,7 @@
 Variants, all on the CPU preset ``fashion_mnist_simclr`` (small_cnn width 16, two views, NT-Xent,
 AdamW, bf16 autocast + channels_last where supported) over the first N Fashion-MNIST images:
 
-  ray_2w         ``distcl.train.run_trainer``: Ray Train, 2 workers x 1 CPU, global batch 512
+  ray_2w         ``distcl.train.loop.run_trainer``: Ray Train, 2 workers x 1 CPU, global batch 512
   ray_1w         the same with 1 worker and global batch 256 (the per-worker batch of ray_2w)
   plain_b512     one process, FFCV loader in-process, batch 512, 2 torch threads, 2 loader threads
   plain_b256     one process, batch 256, 1 torch thread, 1 loader thread (= one ray_1w worker)
@@ -51,8 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
 
-from distcl import config  # noqa: E402
-from distcl.config import Config  # noqa: E402
+from distcl.config import schema as config  # noqa: E402
+from distcl.config.schema import Config  # noqa: E402
 
 PRESET = "fashion_mnist_simclr"
 FULL = 60000  # Fashion-MNIST training images: one real epoch
@@ -82,7 +82,7 @@ def bench_config(
 
 
 def prepare(cfg: Config) -> dict[str, Any]:
-    from distcl.driver import prepare_data
+    from distcl.job import prepare_data
 
     return prepare_data(cfg)
 
@@ -95,12 +95,12 @@ def _report_time(checkpoint_path: str) -> float:
 
 
 def ray_run(cfg: Config, data: dict[str, Any]) -> dict[str, Any]:
-    """One `distcl.train.run_trainer` run; per-epoch metrics of rank 0 and epoch-cycle times.
+    """One `distcl.train.loop.run_trainer` run; per-epoch metrics of rank 0 and epoch-cycle times.
 
     Returns `cycles_s` (report-to-report seconds for epochs 2..N-1), `epoch_s` (in-loop step
     time of every epoch), `data_wait` (fractions, epochs 2..N), `images_per_epoch`, `wall_s`.
     """
-    from distcl.train import ensure_ray, run_trainer
+    from distcl.train.loop import ensure_ray, run_trainer
 
     if cfg.train.epochs < 4:
         raise ValueError(f"train.epochs={cfg.train.epochs}: need >= 4 (compile, 2 clean, kNN)")
@@ -131,8 +131,8 @@ class PlainLoop:
     def __init__(self, cfg: Config, data: dict[str, Any], batch: int, threads: int):
         from distcl.data.loader import ViewSpec, train_loader
         from distcl.models.methods import build_method
-        from distcl.optim import build_optimizer, param_groups
-        from distcl.precision import bf16_supported, to_channels_last
+        from distcl.runtime.precision import bf16_supported, to_channels_last
+        from distcl.train.optim import build_optimizer, param_groups
 
         self.threads, self.sync, self.channels = threads, False, data["meta"]["channels"]
         torch.manual_seed(cfg.train.seed)
@@ -164,7 +164,7 @@ class PlainLoop:
 
     def step(self, batch) -> torch.Tensor:
         from distcl.data.loader import split_batch, to_float
-        from distcl.precision import autocast
+        from distcl.runtime.precision import autocast
 
         views, labels = split_batch(batch)
         views = [to_float(v, self.channels, torch.device("cpu")) for v in views]

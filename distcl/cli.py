@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from distcl.config import ConfigError
+from distcl.config.schema import ConfigError
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
@@ -38,8 +38,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from distcl import config
-    from distcl.driver import fit
+    from distcl.config import schema as config
+    from distcl.job import fit
 
     cfg = config.load(args.config, args.overrides)
     fit(cfg, resume=args.resume, summary_json=args.summary_json)
@@ -47,14 +47,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
-    from distcl.config import preset_names
+    from distcl.config.schema import preset_names
 
     print("\n".join(preset_names()))
     return 0
 
 
 def _cmd_launch(argv: list[str]) -> int:
-    from distcl.launch import main as launch_main
+    from distcl.launch.submit import main as launch_main
 
     return launch_main(argv)
 
@@ -122,15 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["launch"]:
         return _cmd_launch(argv[1:])
     if argv[:1] == ["sweep"]:
-        from distcl.sweep import main as sweep_main
+        from distcl.sweep.run import main as sweep_main
 
         return sweep_main(argv[1:])
     if argv[:1] == ["eval"]:
-        from distcl.eval_cli import main as eval_main
+        from distcl.evaluation.cli import main as eval_main
 
         return eval_main(argv[1:])
     if argv[:1] == ["compare"]:
-        from distcl.compare import main as compare_main
+        from distcl.report.compare import main as compare_main
 
         return compare_main(argv[1:])
     parser = build_parser()

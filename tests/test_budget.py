@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from distcl import budget, checkpoint, config, tracking
-from distcl.budget import EpochCosts, knn_epochs, plan_epochs, planned_seconds
+from distcl.config import schema as config
+from distcl.runtime import checkpoint
+from distcl.tracking import core as tracking
+from distcl.train import budget
+from distcl.train.budget import EpochCosts, knn_epochs, plan_epochs, planned_seconds
 from tests.tiny import tiny_overrides
 
 COSTS = EpochCosts(spent_s=20.0, done=1, step_s=0.5, steps_per_epoch=20, epoch_end_s=1.0, knn_s=3.0)
@@ -46,7 +49,7 @@ BUDGET_S = 60.0
 def test_a_60_s_budget_ends_near_it_with_the_schedule_finished(
     ray_session, tiny_betons, tmp_path, mlflow_server
 ):
-    from distcl.driver import fit
+    from distcl.job import fit
 
     cfg = config.load(
         None,

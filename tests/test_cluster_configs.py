@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distcl import launch
-from distcl.config import Config
+from distcl.config.schema import Config
+from distcl.launch import submit as launch
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
@@ -259,7 +259,7 @@ def test_override_keys_in_cluster_files_are_config_keys():
 
 
 def test_presets_named_in_cluster_files_exist():
-    from distcl.config import preset_names
+    from distcl.config.schema import preset_names
 
     text = README + SBATCH.read_text() + (CLUSTER / "kuberay" / "rayjob.yaml").read_text()
     named = set(re.findall(r"(?:--config |DISTCL_CONFIG:-|DISTCL_CONFIG=)([a-z0-9_]+)", text))

@@ -10,9 +10,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distcl import checkpoint, cli, config, launch, precision, tracking
-from distcl.config import ConfigError
-from distcl.preflight import check_local_tracking, check_tracking_scheme
+from distcl import cli
+from distcl.config import schema as config
+from distcl.config.preflight import check_local_tracking, check_tracking_scheme
+from distcl.config.schema import ConfigError
+from distcl.launch import submit as launch
+from distcl.runtime import checkpoint, precision
+from distcl.tracking import core as tracking
 
 # --- MLflow's order: tracking.uri, else $MLFLOW_TRACKING_URI, else local SQLite ---------------
 

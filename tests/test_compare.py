@@ -1,6 +1,6 @@
 """`distcl compare` on a local SQLite store: runs, baselines, Δ values, files and report run.
 
-The runs are logged through distcl.tracking into a real SQLite MLflow store with chosen metrics,
+The runs are logged through distcl.tracking.core into a real SQLite MLflow store with chosen metrics,
 so every expected Δ is known exactly. (The server end to end is in test_tracking.py.)
 """
 
@@ -10,7 +10,8 @@ import csv
 
 import pytest
 
-from distcl import compare, tracking
+from distcl.report import compare
+from distcl.tracking import core as tracking
 
 EXP = "distcl-compare-test"
 SPLIT = {"split": "fashion_mnist-train", "test_split": "fashion_mnist-test"}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from distcl import config
-from distcl.config import Config, ConfigError
+from distcl.config import schema as config
+from distcl.config.schema import Config, ConfigError
 
 
 def test_default_preset_loads_and_round_trips():

@@ -24,17 +24,27 @@ FACTORIES = {
 # Modules a Ray Train worker imports and runs: the loop, the step, the methods and losses, the
 # kNN monitor, checkpoints, precision, the optimizers and the loaders.
 WORKER_MODULES = [
-    "train.py", "step.py", "dist.py", "gradcache.py", "evaluate.py", "checkpoint.py",
-    "precision.py", "optim.py", "data/loader.py", "data/torch_loader.py",
+    "train/loop.py", "train/step.py", "runtime/dist.py", "train/gradcache.py",
+    "evaluation/evaluate.py", "runtime/checkpoint.py", "runtime/precision.py", "train/optim.py",
+    "data/loader.py", "data/torch_loader.py",
     *sorted(str(p.relative_to(PKG)) for p in (PKG / "losses").glob("*.py")),
     *sorted(str(p.relative_to(PKG)) for p in (PKG / "models").glob("*.py")),
 ]  # fmt: skip
 STATE_IN_INIT = "module state made in __init__ moves with model.to(device)"
 ALLOWED = {  # (module, qualified function, factory): (count, why it is safe)
-    ("checkpoint.py", "rng_state", "tensor"): (1, "RNG states are CPU tensors by definition"),
-    ("precision.py", "_bf16_supported_cached", "ones"): (1, "the CPU bf16 probe"),
-    ("evaluate.py", "preconditioner", "randperm"): (1, "seeded CPU rows of CPU probe features"),
-    ("evaluate.py", "val_split", "randperm"): (1, "seeded CPU split of CPU probe features"),
+    ("runtime/checkpoint.py", "rng_state", "tensor"): (
+        1,
+        "RNG states are CPU tensors by definition",
+    ),
+    ("runtime/precision.py", "_bf16_supported_cached", "ones"): (1, "the CPU bf16 probe"),
+    ("evaluation/evaluate.py", "preconditioner", "randperm"): (
+        1,
+        "seeded CPU rows of CPU probe features",
+    ),
+    ("evaluation/evaluate.py", "val_split", "randperm"): (
+        1,
+        "seeded CPU split of CPU probe features",
+    ),
     ("losses/logistic.py", "LogisticLoss.__init__", "tensor"): (2, STATE_IN_INIT),
     ("models/moco.py", "KeyQueue.__init__", "randn"): (1, STATE_IN_INIT),
     ("models/moco.py", "KeyQueue.__init__", "zeros"): (1, STATE_IN_INIT),
@@ -102,7 +112,7 @@ def test_the_final_evaluation_uses_the_gpu_only_for_gpu_runs(monkeypatch):
     or a driver without CUDA, keeps the CPU and the bf16 decision follows the device."""
     import torch
 
-    from distcl.evaluate import extract_features, frozen_feature_kwargs
+    from distcl.evaluation.evaluate import extract_features, frozen_feature_kwargs
 
     assert frozen_feature_kwargs("bf16", 3, use_gpu=True)["device"].type == (
         "cuda" if torch.cuda.is_available() else "cpu"
@@ -117,7 +127,7 @@ def test_the_final_evaluation_uses_the_gpu_only_for_gpu_runs(monkeypatch):
     # extract_features moves the encoder to its device and back: the caller's module stays put
     enc = torch.nn.Linear(2, 2)
     with monkeypatch.context() as m:
-        m.setattr("distcl.evaluate.eval_loader", lambda *a, **k: [])
+        m.setattr("distcl.evaluation.evaluate.eval_loader", lambda *a, **k: [])
         m.setattr(torch, "cat", lambda xs: xs)
         seen = []
         m.setattr(torch.nn.Module, "to", lambda self, d: seen.append(str(d)) or self)

@@ -1,4 +1,4 @@
-"""distcl.dist: no-ops in a plain process; real gloo groups of 2 and 4 ranks.
+"""distcl.runtime.dist: no-ops in a plain process; real gloo groups of 2 and 4 ranks.
 
 The multi-rank records come from the same single spawn per world size that checks the losses
 (tests/losses/multiproc.py), so this file adds no process start-up of its own.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distcl import dist
+from distcl.runtime import dist
 
 if __package__:  # tests/ is a package
     from .losses.multiproc import dist_checks, rank_weights, world_results

@@ -6,11 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distcl import baselines, checkpoint, config, eval_cli, tracking
 from distcl.cli import main as cli_main
-from distcl.evaluate import extract_features, frozen_feature_kwargs
-from distcl.final_eval import load_encoder
+from distcl.config import schema as config
+from distcl.evaluation import baselines
+from distcl.evaluation import cli as eval_cli
+from distcl.evaluation.evaluate import extract_features, frozen_feature_kwargs
+from distcl.evaluation.final import load_encoder
 from distcl.models.methods import build_method
+from distcl.runtime import checkpoint
+from distcl.tracking import core as tracking
 
 
 @pytest.fixture()

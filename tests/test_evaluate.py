@@ -1,5 +1,5 @@
 """Evaluation: kNN against a naive reference, the linear probe against scikit-learn, the bounded
-kNN monitor, class-balanced label subsets and semi-supervised fine-tuning (distcl.final_eval)
+kNN monitor, class-balanced label subsets and semi-supervised fine-tuning (distcl.evaluation.final)
 on tiny betons."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distcl import evaluate
 from distcl.data.beton import read_meta
+from distcl.evaluation import evaluate
 
 
 def _digits():
@@ -124,7 +124,7 @@ def test_balanced_subset_is_fixed_balanced_and_hashed():
 
 
 def test_fine_tune_learns_from_a_few_labels(tiny_betons):
-    from distcl.final_eval import fine_tune
+    from distcl.evaluation.final import fine_tune
     from distcl.models.encoders import SmallCNN
 
     torch.manual_seed(0)

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from distcl import checkpoint, config
+from distcl.config import schema as config
+from distcl.runtime import checkpoint
 from tests.tiny import tiny_overrides
 
 pytestmark = pytest.mark.slow
@@ -41,7 +42,7 @@ def _kill_one_worker(ray_ctx) -> int:
 
 
 def _fit_in_thread(cfg):
-    from distcl.driver import fit
+    from distcl.job import fit
 
     out: dict = {}
 
@@ -93,7 +94,7 @@ def test_corrupt_checkpoint_falls_back_after_a_worker_restart_and_on_resume(
     run, then `fit(resume=True)` (what `distcl train --resume` calls) after it finished."""
     from mlflow.tracking import MlflowClient
 
-    from distcl.driver import fit
+    from distcl.job import fit
 
     storage = tmp_path / "runs"
     # Small batches and spare epochs keep the run going while the test kills and corrupts;

@@ -17,9 +17,9 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from distcl import precision
-from distcl.gradcache import check_batch_divisibility, gradcache_step
 from distcl.losses import build_loss
+from distcl.runtime import precision
+from distcl.train.gradcache import check_batch_divisibility, gradcache_step
 
 torch.set_num_threads(1)
 F64 = torch.float64
@@ -170,7 +170,7 @@ def test_precision_helpers(caplog):
     conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
     conv = precision.to_channels_last(conv, enabled=True)
     assert conv[0].weight.is_contiguous(memory_format=torch.channels_last)
-    with precision.no_warnings_seen(), caplog.at_level(logging.WARNING, "distcl.precision"):
+    with precision.no_warnings_seen(), caplog.at_level(logging.WARNING, "distcl.runtime.precision"):
         for _ in range(2):  # one warning each, however often asked
             with precision.autocast("meta", enabled=True):
                 pass

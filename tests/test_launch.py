@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distcl import launch
+from distcl.launch import submit as launch
 from tests.localray import LocalRayCluster
 from tests.rehearsal import (
     TINY_RUN,
@@ -130,7 +130,15 @@ def test_wrong_or_missing_token_is_refused_with_what_to_check(
 
     # No token at all, in a fresh process: Ray's client caches the auth mode per process.
     bare = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-    cmd = [sys.executable, "-m", "distcl.launch", "--address", cluster.address, "--status", "x"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "distcl.launch.submit",
+        "--address",
+        cluster.address,
+        "--status",
+        "x",
+    ]
     res = subprocess.run(
         cmd,
         env={**bare, "HOME": str(tmp_path)},

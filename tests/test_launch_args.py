@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from distcl import launch
+from distcl.launch import submit as launch
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """The MLflow UI as a reviewer sees it: headless Chromium against the real `mlflow server`.
 
 Reads the session's tiny run (`server_fit` in conftest.py, shared with test_tracking.py), checks
-over the API what distcl/tracking_review.py wrote (experiment kind, datasets, description,
+over the API what distcl/tracking/review.py wrote (experiment kind, datasets, description,
 registry version), then opens the experiment and run pages in Chromium (Debian's `chromium`,
 driven by the `playwright` package; `make test` installs both) and asserts on the rendered text.
 MLflow's UI is a React app: each check waits for its text to appear after render. Screenshots
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from distcl import tracking_review
+from distcl.tracking import review as tracking_review
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 CHROMIUM_ARGS = [

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from distcl.optim import LARS, build_optimizer, lr_at, param_groups, scaled_lr, set_lr
+from distcl.train.optim import LARS, build_optimizer, lr_at, param_groups, scaled_lr, set_lr
 
 torch.set_num_threads(1)
 

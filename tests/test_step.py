@@ -17,9 +17,10 @@ from datetime import timedelta
 import torch
 import torch.multiprocessing as mp
 
-from distcl import config, dist
+from distcl.config import schema as config
 from distcl.models.methods import build_method
-from distcl.step import train_step, wrap_ddp
+from distcl.runtime import dist
+from distcl.train.step import train_step, wrap_ddp
 from tests.conftest import free_port
 
 TINY = [

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distcl import config
-from distcl.sweep_space import load_space
+from distcl.config import schema as config
+from distcl.sweep.space import load_space
 
 TINY = [
     "model.width=4",
@@ -78,7 +78,7 @@ def test_space_errors_name_the_setting(tmp_path):
 
 
 def test_optuna_missing_is_a_clear_error(tmp_path):
-    from distcl.sweep import _search_alg
+    from distcl.sweep.run import _search_alg
 
     space = load_space(
         write_space(
@@ -100,8 +100,8 @@ def _draws(space, n: int) -> list[dict]:
     """The first `n` trial configs the space's search algorithm generates (no Ray needed)."""
     from ray.tune.experiment import Experiment
 
-    from distcl.sweep import _search_alg
-    from distcl.sweep_space import param_space
+    from distcl.sweep.run import _search_alg
+    from distcl.sweep.space import param_space
 
     alg = _search_alg(space)  # no concurrency cap: every trial is generated at once
     alg.add_configurations(
@@ -128,7 +128,7 @@ def test_a_seeded_space_draws_the_same_trials_every_time(tmp_path):
 
 @pytest.fixture(scope="module")
 def asha_sweep(ray_session, tiny_betons, tmp_path_factory):
-    from distcl import sweep
+    from distcl.sweep import run as sweep
 
     tmp = tmp_path_factory.mktemp("sweep")
     space = write_space(
@@ -193,7 +193,7 @@ def test_mlflow_has_parent_and_one_child_per_trial(asha_sweep):
 
 @pytest.mark.slow
 def test_best_config_trains(asha_sweep, tmp_path):
-    from distcl.driver import fit
+    from distcl.job import fit
 
     _, summary = asha_sweep
     cfg = config.load(

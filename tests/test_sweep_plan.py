@@ -12,11 +12,11 @@ import os
 
 import pytest
 
-from distcl import config
-from distcl.storage import read_text, write_text
-from distcl.sweep import SWEEP_FILE, _find_resumable, _sweep_dir
-from distcl.sweep_plan import Cluster, Plan, cluster_now, groups_can_grow, plan_resources
-from distcl.train import scaling_config
+from distcl.config import schema as config
+from distcl.runtime.storage import read_text, write_text
+from distcl.sweep.plan import Cluster, Plan, cluster_now, groups_can_grow, plan_resources
+from distcl.sweep.run import SWEEP_FILE, _find_resumable, _sweep_dir
+from distcl.train.loop import scaling_config
 
 
 def plan(cpus: float, gpus: float = 0, autoscaling: bool = False, **needs) -> Plan:

@@ -18,7 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from distcl import __version__, baselines, compare, config, eval_cli, tracking
+from distcl import __version__
+from distcl.config import schema as config
+from distcl.evaluation import baselines
+from distcl.evaluation import cli as eval_cli
+from distcl.report import compare
+from distcl.tracking import core as tracking
 
 EXP = "distcl-fashion_mnist"
 
@@ -64,7 +69,7 @@ def test_system_metrics_are_sampled_for_a_client_created_run(tmp_path):
 
 
 def test_resume_reopens_a_failed_run_and_samples_system_metrics_again(tmp_path):
-    from distcl import driver
+    from distcl import job as driver
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     off = config.load(None, ["tracking.system_metrics=false"])
@@ -140,7 +145,7 @@ def test_supervised_baseline_is_looked_up_by_arch_and_split(tmp_path):
 
 @pytest.mark.slow
 def test_train_writes_summary_json_and_a_loadable_checkpoint(server_fit):
-    from distcl import checkpoint
+    from distcl.runtime import checkpoint
 
     cfg, summary, client, run = server_fit
     written = json.loads((Path(cfg.train.storage_path).parent / "summary.json").read_text())
@@ -153,14 +158,14 @@ def test_train_writes_summary_json_and_a_loadable_checkpoint(server_fit):
 
 
 def _labels(tiny_betons):
-    from distcl.evaluate import raw_pixels
+    from distcl.evaluation.evaluate import raw_pixels
 
     return raw_pixels(str(tiny_betons / "fashion_mnist-train.beton"), 1)[1]
 
 
 @pytest.mark.slow
 def test_run_is_fully_tracked_over_http(server_fit, tiny_betons):
-    from distcl.evaluate import balanced_subset, subset_hash
+    from distcl.evaluation.evaluate import balanced_subset, subset_hash
 
     cfg, summary, client, run = server_fit
     assert run.info.status == "FINISHED" and run.info.run_name == "simclr-ntxent-b128"
@@ -206,10 +211,10 @@ def test_artifacts_and_encoder_load_back(server_fit, tiny_betons, monkeypatch):
     import mlflow
     import mlflow.pytorch
 
-    from distcl import checkpoint
-    from distcl.evaluate import balanced_subset
-    from distcl.final_eval import load_encoder
+    from distcl.evaluation.evaluate import balanced_subset
+    from distcl.evaluation.final import load_encoder
     from distcl.models.encoders import SmallCNN
+    from distcl.runtime import checkpoint
 
     cfg, summary, client, run = server_fit
     rid = run.info.run_id
@@ -243,7 +248,7 @@ def test_artifacts_and_encoder_load_back(server_fit, tiny_betons, monkeypatch):
 
 @pytest.mark.slow
 def test_baseline_runs_are_logged_once_and_reused(server_fit, tiny_betons):
-    from distcl.driver import prepare_data
+    from distcl.job import prepare_data
 
     cfg, summary, client, run = server_fit
     flt = "tags.role = 'baseline' and tags.split = 'fashion_mnist-train'"

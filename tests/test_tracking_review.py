@@ -1,4 +1,4 @@
-"""What the MLflow UI shows a reviewer (distcl/tracking_review.py), against SQLite stores.
+"""What the MLflow UI shows a reviewer (distcl/tracking/review.py), against SQLite stores.
 
 The experiment's kind tag, the `.beton`s as dataset inputs, the run's description, one registry
 version per finished method run (none for baselines or sweep trials), and the compare table as
@@ -14,7 +14,11 @@ import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
 
-from distcl import compare, config, driver, tracking, tracking_review
+from distcl import job as driver
+from distcl.config import schema as config
+from distcl.report import compare
+from distcl.tracking import core as tracking
+from distcl.tracking import review as tracking_review
 
 EXP = "distcl-fashion_mnist"
 RESULTS = {

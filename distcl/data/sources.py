@@ -142,13 +142,13 @@ def synthetic(split: str, n: int = 512, resolution: int = 28, classes: int = 4, 
 def load_source(
     dataset: str, split: str, root: str = "", cache: str = "data/raw", download: bool = False
 ):
-    """The raw split of `dataset` (see distcl.validate.DATASETS), as an indexable source.
+    """The raw split of `dataset` (see distcl.config.validate.DATASETS), as an indexable source.
 
     root: the dataset's folder; "" = its usual place (the Debian package for Fashion-MNIST,
     `cache` for CIFAR and STL-10; an ImageFolder tree has no default). download: fetch CIFAR or
     STL-10 into root when the files are missing (never done unless asked).
     """
-    from distcl.validate import DATASETS
+    from distcl.config.validate import DATASETS
 
     if dataset == "fashion_mnist":
         return fashion_mnist(split, root, cache)

@@ -6,7 +6,7 @@ int64 class labels or None. With ``W`` ranks, ``N = W * B`` images are in the gl
 
 - Anchors: this rank's ``M = V * B`` rows, view-major (``[view 0 rows, view 1 rows, ...]``).
 - Columns: the ``K = V * N`` global rows, view-major, gathered with
-  :func:`distcl.dist.gather_with_grad` (one collective for all views), so gradients reach the
+  :func:`distcl.runtime.dist.gather_with_grad` (one collective for all views), so gradients reach the
   rank that owns each row.
 - Ids: the class label when labels are given, else the global instance index
   ``rank_offset(B) + i``, the same for every view of an image. Rows that share an id are
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distcl import dist
+from distcl.runtime import dist
 
 
 def full_precision(loss_fn: Callable[..., Tensor]) -> Callable[..., Tensor]:

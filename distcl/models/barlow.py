@@ -16,10 +16,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from distcl import dist
 from distcl.models.fp32 import fp32
 from distcl.models.heads import mlp
 from distcl.models.moco import check_two_views
+from distcl.runtime import dist
 
 BN_EPS = 1e-5  # the reference's BatchNorm1d(affine=False) epsilon
 

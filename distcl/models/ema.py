@@ -1,7 +1,7 @@
 """Momentum (EMA) targets for MoCo and BYOL: a frozen copy updated from the online network.
 
 The target's parameters are `requires_grad=False`, so they get no gradient, DDP does not sync
-them and `distcl.optim.param_groups` leaves them out of the optimizer. They are ordinary
+them and `distcl.train.optim.param_groups` leaves them out of the optimizer. They are ordinary
 submodule parameters, so `state_dict()` saves them and a resumed run restores them.
 
 Momentum schedule (Grill et al. 2020, BYOL section 3.2; Chen et al. 2021, MoCo v3 section 4):

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distcl.config import Config
+from distcl.config.schema import Config
 from distcl.losses import build_loss, needs_labels
 from distcl.models.barlow import BarlowTwins
 from distcl.models.byol import BYOL

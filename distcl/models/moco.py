@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distcl import dist
 from distcl.models.ema import MomentumMethod
 from distcl.models.fp32 import fp32
 from distcl.models.heads import mlp
+from distcl.runtime import dist
 
 
 def check_two_views(method: str, views: list[Tensor]) -> None:

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distcl import dist
 from distcl.models.fp32 import fp32
 from distcl.models.heads import mlp
+from distcl.runtime import dist
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ def test_prepare_writes_valid_beton_and_reuses_it(fmnist_root, tmp_path):
 
 
 def test_beton_images_and_labels_match_source(fmnist_root, tmp_path):
-    from distcl.evaluate import raw_pixels
+    from distcl.evaluation.evaluate import raw_pixels
 
     path, _, _ = prepare("fashion_mnist", "test", root=str(fmnist_root), out=str(tmp_path))
     src = fashion_mnist("test", str(fmnist_root), cache=str(tmp_path / "raw"))

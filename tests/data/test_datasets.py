@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from distcl import config
 from distcl.cli import main as cli_main
+from distcl.config import schema as config
 from distcl.data.beton import prepare, read_meta
 from distcl.data.sources import DataError
 
@@ -197,7 +197,7 @@ def test_eval_loader_centre_crops_mixed_sizes(tree, tmp_path):
 
 
 def test_train_prepares_stl10_pretraining_and_labelled_eval_splits(raw, tmp_path):
-    from distcl.driver import prepare_data
+    from distcl.job import prepare_data
 
     root, _ = raw
     overrides = [

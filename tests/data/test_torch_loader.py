@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from distcl import config
+from distcl.config import schema as config
 from distcl.data.loader import ViewSpec, build_train_loader, split_batch
 from distcl.data.recipes import Recipe
 from distcl.data.sources import ArraySource, DataError, synthetic

@@ -1,7 +1,7 @@
 """Shared world-size harness for the loss and dist tests.
 
 One ``torch.multiprocessing`` spawn per world size (gloo over loopback, float64) runs EVERY loss
-case below plus the ``distcl.dist`` helper checks, and each rank saves what it computed; the
+case below plus the ``distcl.runtime.dist`` helper checks, and each rank saves what it computed; the
 result is cached for the pytest session, so each test file only compares numbers. Each rank
 holds rows ``[r*B, (r+1)*B)`` of the same global batch that the single-process run sees whole.
 """
@@ -21,8 +21,8 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 from torch import Tensor
 
-from distcl import dist
 from distcl.losses import build_loss
+from distcl.runtime import dist
 
 N_GLOBAL = 8  # images in the global batch (divisible by every tested world size)
 DIM = 6
@@ -121,7 +121,7 @@ def run_case(case: Case) -> dict[str, Any]:
 
 
 def dist_checks() -> dict[str, Any]:
-    """Exercise every distcl.dist helper; the test compares the records with closed forms."""
+    """Exercise every distcl.runtime.dist helper; the test compares the records with closed forms."""
     rank, world = dist.get_rank(), dist.get_world_size()
     out: dict[str, Any] = {
         "is_dist": dist.is_dist(),

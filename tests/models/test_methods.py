@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distcl import config
+from distcl.config import schema as config
 from distcl.data.sources import synthetic
 from distcl.models.ema import cosine_momentum
 from distcl.models.methods import METHODS, build_method
-from distcl.optim import build_optimizer, param_groups
+from distcl.train.optim import build_optimizer, param_groups
 
 TINY = [
     "model.width=4",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from distcl import checkpoint
 from distcl.models.methods import build_method
+from distcl.runtime import checkpoint
 
 from .test_methods import make_batches, tiny_cfg, train_steps
 

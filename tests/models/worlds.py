@@ -19,11 +19,11 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import Tensor
 
-from distcl import dist
 from distcl.models.barlow import barlow_twins_loss
 from distcl.models.encoders import SmallCNN
 from distcl.models.moco import KeyQueue, batch_contrast
 from distcl.models.swav import SwAV, sinkhorn, swapped_prediction
+from distcl.runtime import dist
 from tests.losses.multiproc import _free_port
 
 N = 8  # global batch

@@ -1,7 +1,7 @@
 """Config validation: every rule names the key, the bad value and what is allowed.
 
 `validate(cfg)` checks values alone and runs when a Config is built. `preflight(cfg)` in
-distcl.preflight checks the world (data files, storage, tracking server, CPUs) before Ray starts.
+distcl.config.preflight checks the world (data files, storage, tracking server, CPUs) before Ray starts.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from distcl.config import Config
+    from distcl.config.schema import Config
 
 DATASETS = ("fashion_mnist", "cifar10", "cifar100", "stl10", "imagefolder", "synthetic")
 ARCHS = ("small_cnn", "resnet18", "resnet50")
@@ -84,7 +84,7 @@ def _positive(key: str, value: float, errors: list[str], hint: str = "") -> None
 
 def validate(cfg: Config) -> None:
     """Raise ConfigError listing every problem in `cfg` at once."""
-    from distcl.config import ConfigError
+    from distcl.config.schema import ConfigError
 
     e: list[str] = []
     d, m, lo, o, t, ev = cfg.data, cfg.model, cfg.loss, cfg.optim, cfg.train, cfg.eval

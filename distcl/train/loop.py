@@ -17,14 +17,15 @@ import ray.train
 import ray.train.torch
 import torch
 
-from distcl import budget, checkpoint, dist
-from distcl.config import Config, from_flat
+from distcl.config.schema import Config, from_flat
 from distcl.data.loader import build_train_loader, split_batch, to_float
-from distcl.evaluate import knn_monitor
+from distcl.evaluation.evaluate import knn_monitor
 from distcl.models.methods import build_method
-from distcl.optim import build_optimizer, lr_at, param_groups, scaled_lr, set_lr
-from distcl.precision import maybe_sync_batchnorm, resolve_precision, to_channels_last
-from distcl.step import train_step, wrap_ddp
+from distcl.runtime import checkpoint, dist
+from distcl.runtime.precision import maybe_sync_batchnorm, resolve_precision, to_channels_last
+from distcl.train import budget
+from distcl.train.optim import build_optimizer, lr_at, param_groups, scaled_lr, set_lr
+from distcl.train.step import train_step, wrap_ddp
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -138,7 +139,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         print(f"distcl: worker nodes: {' '.join(node_ids)}", flush=True)
         print(f"distcl: computing in {precision_used} on {device}", flush=True)
         if loop_cfg.get("mlflow_run_id"):
-            from distcl.tracking import RunLogger
+            from distcl.tracking.core import RunLogger
 
             logger = RunLogger(loop_cfg["tracking_uri"], loop_cfg["mlflow_run_id"])
             logger.set_tags({"worker_node_ids": ",".join(node_ids)})

@@ -6,8 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from distcl.config import Config, ConfigError
-from distcl.validate import tracking_uri_problem
+from distcl.config.schema import Config, ConfigError
+from distcl.config.validate import tracking_uri_problem
 
 
 def check_storage(storage: Path) -> None:
@@ -63,7 +63,7 @@ def check_local_tracking(cfg: Config, uri: str, *, nodes: int, workers_fit_here:
     `nodes` is the number of alive Ray nodes; `workers_fit_here` says whether the driver's node
     alone can host every worker (False on a cluster that autoscales from an empty head).
     """
-    from distcl import tracking
+    from distcl.tracking import core as tracking
 
     if not cfg.tracking.enabled or not tracking.is_local_uri(uri):
         return
@@ -84,7 +84,7 @@ def check_local_tracking(cfg: Config, uri: str, *, nodes: int, workers_fit_here:
 
 
 def preflight(cfg: Config, tracking_uri: str, storage: Path) -> None:
-    from distcl import tracking
+    from distcl.tracking import core as tracking
 
     check_cpus(cfg)
     check_tracking_scheme(cfg)

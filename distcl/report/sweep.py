@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from distcl import tracking
-from distcl.config import build
-from distcl.sweep_space import Space
+from distcl.config.schema import build
+from distcl.sweep.space import Space
+from distcl.tracking import core as tracking
 
 
 def trial_rows(grid: Any, space: Space) -> list[dict[str, Any]]:
@@ -105,7 +105,7 @@ def report_sweep(
 ) -> dict[str, Any]:
     """Log the table, plot and best config to the parent run; returns the sweep summary.
     `sweep_dir` is a local folder or a storage URI (s3://, gs://)."""
-    from distcl.storage import write_text
+    from distcl.runtime.storage import write_text
 
     rows = trial_rows(grid, space)
     _close_stopped_children(rows, parent)

@@ -49,7 +49,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from distcl.precision import fp32_embeddings
+from distcl.runtime.precision import fp32_embeddings
 
 Encode = Callable[[Tensor], Tensor]
 LossFn = Callable[[list[Tensor], Tensor | None], Tensor]

@@ -3,7 +3,7 @@
 Runs in the driver on CPU after training: kNN and linear probe on frozen features, semi-supervised
 fine-tuning on 1% and 10% of the labels (SimCLR section 6, Chen et al. 2020: a fixed, seeded,
 class-balanced subset; encoder + linear head fine-tuned, scored on test), the baselines (see
-distcl.baselines), and the artifacts: loss/accuracy curves, a t-SNE of test features, and the
+distcl.evaluation.baselines), and the artifacts: loss/accuracy curves, a t-SNE of test features, and the
 encoder as an MLflow model.
 """
 
@@ -22,9 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distcl import checkpoint, tracking, tracking_review
-from distcl.config import Config
-from distcl.evaluate import (
+from distcl.config.schema import Config
+from distcl.evaluation.evaluate import (
     PROBE_ITERS,
     PROBE_L2,
     extract_features,
@@ -35,7 +34,10 @@ from distcl.evaluate import (
     subset_hash,
     topk_accuracy,
 )
-from distcl.precision import to_channels_last
+from distcl.runtime import checkpoint
+from distcl.runtime.precision import to_channels_last
+from distcl.tracking import core as tracking
+from distcl.tracking import review as tracking_review
 
 SEMI_FRACTIONS = ((0.01, "1pct"), (0.1, "10pct"))  # SimCLR Table 7 label fractions
 CURVES = ("loss", "lr", "knn_acc", "images_per_s")  # per-epoch metrics drawn in curves.png
@@ -149,7 +151,7 @@ def semi_supervised(
     cfg: Config, encoder: torch.nn.Module, data: dict, labels: torch.Tensor, logger=None
 ) -> dict[str, float]:
     """Fine-tune on the fixed 1% and 10% label subsets; log each subset's indices and hash."""
-    from distcl.evaluate import balanced_subset
+    from distcl.evaluation.evaluate import balanced_subset
 
     out: dict[str, float] = {}
     if labels.min() < 0 or cfg.eval.semi_steps <= 0:
@@ -191,7 +193,7 @@ def _stage(name: str):
 def final_evaluation(cfg: Config, state: dict, data: dict, logger=None) -> dict[str, Any]:
     """kNN, linear probe and semi-supervised accuracy of the trained encoder and its baselines,
     logged to the run (metrics at step = epochs, plots, encoder model)."""
-    from distcl import baselines
+    from distcl.evaluation import baselines
 
     meta = data["meta"]
     encoder = load_encoder(cfg, state, meta)
@@ -249,7 +251,7 @@ def log_artifacts(
     te_y: torch.Tensor,
 ) -> None:
     """curves.png, tsne.png and the encoder as an MLflow model."""
-    from distcl import tracking
+    from distcl.tracking import core as tracking
 
     tracking.log_figure(logger, curves_figure(logger), "plots/curves.png")
     if cfg.eval.tsne_points > 0:

@@ -12,10 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from distcl import __version__, checkpoint, tracking, tracking_review
-from distcl.config import Config, ConfigError
+from distcl import __version__
+from distcl.config.schema import Config, ConfigError
 from distcl.data import beton
-from distcl.storage import filesystem
+from distcl.runtime import checkpoint
+from distcl.runtime.storage import filesystem
+from distcl.tracking import core as tracking
+from distcl.tracking import review as tracking_review
 
 RUN_FILE = "distcl_run.json"  # per run directory: the MLflow run id, so a resume logs into it
 
@@ -121,9 +124,9 @@ def _open_tracking(cfg: Config, uri: str, storage: str, name: str, data: dict):
 
 def fit(cfg: Config, *, resume: bool = False, summary_json: str | None = None) -> dict[str, Any]:
     """Train with Ray Train, evaluate in the driver, log to MLflow; returns the summary."""
-    from distcl.final_eval import final_evaluation, print_table
-    from distcl.preflight import check_local_tracking, preflight
-    from distcl.train import cluster_shape, ensure_ray, run_trainer
+    from distcl.config.preflight import check_local_tracking, preflight
+    from distcl.evaluation.final import final_evaluation, print_table
+    from distcl.train.loop import cluster_shape, ensure_ray, run_trainer
 
     uri = tracking.resolve_uri(cfg.tracking.uri)
     storage = cfg.train.storage_path

@@ -2,7 +2,7 @@
 backward. Also the DDP wrapping the step expects (`wrap_ddp`).
 
 Plain torch only (no Ray), so the step runs in any process group, e.g. the gloo groups the
-tests spawn. The training loop (distcl.train) owns the optimizer step and the method hooks.
+tests spawn. The training loop (distcl.train.loop) owns the optimizer step and the method hooks.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import inspect
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from distcl import dist
-from distcl.gradcache import gradcache_step
-from distcl.precision import autocast
+from distcl.runtime import dist
+from distcl.runtime.precision import autocast
+from distcl.train.gradcache import gradcache_step
 
 
 def _average_gradients(params: list[torch.nn.Parameter], world: int) -> None:

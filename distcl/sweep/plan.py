@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from distcl.config import ConfigError
+from distcl.config.schema import ConfigError
 
 TRIAL_CPU = 0.01  # the trial driver's CPU share; Tune rejects {"cpu": 0}
 MIN_CPUS_PER_WORKER = 0.1  # below this a worker group fits but makes no progress

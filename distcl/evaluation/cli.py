@@ -23,8 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distcl import baselines, checkpoint, config, tracking
-from distcl.config import Config, ConfigError
+from distcl.config import schema as config
+from distcl.config.schema import Config, ConfigError
+from distcl.evaluation import baselines
+from distcl.runtime import checkpoint
+from distcl.tracking import core as tracking
 
 WHAT = ("knn", "linear", "semi", "transfer", "baselines")
 
@@ -66,7 +69,7 @@ def _config(flat: dict[str, Any], **overrides: Any) -> Config:
 
 def _run_encoder(uri: str, run: Any, cfg: Config) -> nn.Module:
     """The run's encoder: its checkpoint if reachable from here, else its logged MLflow model."""
-    from distcl.final_eval import load_encoder
+    from distcl.evaluation.final import load_encoder
 
     summary = tracking.read_artifact_text(uri, run.info.run_id, "summary.json")
     ckpt = json.loads(summary).get("checkpoint", "") if summary else ""
@@ -85,7 +88,7 @@ def _run_encoder(uri: str, run: Any, cfg: Config) -> nn.Module:
 
 def _features(encoder: nn.Module, data: dict[str, Any], channels: int, cfg: Config):
     """Train and test features, computed as the run's final evaluation computes them."""
-    from distcl.evaluate import extract_features, frozen_feature_kwargs
+    from distcl.evaluation.evaluate import extract_features, frozen_feature_kwargs
 
     kw = frozen_feature_kwargs(cfg.train.precision, channels, cfg.train.use_gpu)
     return (
@@ -105,8 +108,8 @@ def evaluate_run(
     logger=None,
 ) -> dict[str, float]:
     """The requested evaluations of `encoder`; logged to `logger` when given."""
-    from distcl.driver import prepare_data
-    from distcl.final_eval import semi_supervised
+    from distcl.evaluation.final import semi_supervised
+    from distcl.job import prepare_data
 
     out: dict[str, float] = {}
     if what & {"knn", "linear", "semi", "baselines"}:
@@ -180,7 +183,7 @@ def main(argv: list[str]) -> int:
             run_id = args.run or state.get("mlflow_run_id", "")
             if not args.tracking_uri:  # the run's own tracking.uri, else as resolved above
                 uri = tracking.resolve_uri(cfg.tracking.uri)
-            from distcl.final_eval import load_encoder
+            from distcl.evaluation.final import load_encoder
 
             encoder = load_encoder(cfg, state, state["meta"])
         else:

@@ -190,7 +190,7 @@ def experiment_id(uri: str, name: str) -> str:
     database (mlflow's default is ./mlruns of whatever cwd)."""
     from mlflow.tracking import MlflowClient
 
-    from distcl.tracking_review import mark_training, training_tags
+    from distcl.tracking.review import mark_training, training_tags
 
     client, exp = MlflowClient(tracking_uri=uri), find_experiment(uri, name)
     if exp:
@@ -230,7 +230,7 @@ def start_run(
     """
     from mlflow.tracking import MlflowClient
 
-    from distcl.tracking_review import context_tags
+    from distcl.tracking.review import context_tags
 
     client = MlflowClient(tracking_uri=uri)
     tags = context_tags({k: str(v) for k, v in tags.items()})  # user, source, git commit

@@ -2,7 +2,7 @@
 
 Reads FINISHED runs with `mlflow.search_runs`, prints one row per run (method, loss, batch,
 temperature, kNN, linear, 1% and 10% semi-supervised accuracy) with the Δ in points against each
-baseline of the experiment (see distcl.baselines), writes the table as Markdown and CSV plus a
+baseline of the experiment (see distcl.evaluation.baselines), writes the table as Markdown and CSV plus a
 bar chart, logs the three files to a new run tagged `role=report`, and (for an experiment)
 writes the table as the experiment's description, linked to that run.
 
@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from distcl import tracking, tracking_review
+from distcl.tracking import core as tracking
+from distcl.tracking import review as tracking_review
 
 FIELDS = (  # column, DataFrame column, kind
     ("run", "tags.mlflow.runName", "text"),
@@ -182,7 +183,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    from distcl import config
+    from distcl.config import schema as config
 
     args = _parser().parse_args(argv)
     cfg = config.load(args.config)

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from distcl import tracking
+from distcl.tracking import core as tracking
 
 KIND_TAG = "mlflow.experimentKind"  # read by the UI's experiment page (MLflow 3)
 KIND = "custom_model_development"  # the UI's "Model training" kind; GenAI is genai_development
@@ -215,7 +215,7 @@ def register_encoder(logger: Any, cfg: Any, results: dict[str, Any]) -> Any:
 def compare_markdown(uri: str, experiment_id: str) -> tuple[str, str]:
     """(`distcl compare`'s Markdown table of the experiment's FINISHED runs, newest first, cut
     to the newest runs that fit in a description; a line naming the best linear accuracy)."""
-    from distcl import compare
+    from distcl.report import compare
 
     columns, rows, base_rows = compare.build_table(tracking.search_runs(uri, [experiment_id]))
     md = compare.to_markdown(columns, rows, base_rows)

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 import yaml
 
-from distcl import tracking
-from distcl.config import Config
+from distcl.config.schema import Config
+from distcl.tracking import core as tracking
 
 PROTOCOL = 2  # version of the probe protocol behind cached figures (2: preconditioned L-BFGS)
 COMPUTED = ("raw_pixels", "random_init")
@@ -66,7 +66,7 @@ def frozen_metrics(
 ) -> dict[str, float]:
     """kNN and (unless `probe` is off) linear-probe accuracy of frozen features (`N x F` train,
     `M x F` test)."""
-    from distcl.evaluate import knn_accuracy, linear_probe
+    from distcl.evaluation.evaluate import knn_accuracy, linear_probe
 
     out = {"knn_acc": knn_accuracy(train_x, train_y, test_x, test_y, k=knn_k)}
     if probe:
@@ -158,7 +158,7 @@ def _ensure(
 
 
 def raw_pixels(cfg: Config, data: dict[str, Any], uri: str, experiment: str) -> Baseline:
-    from distcl import evaluate
+    from distcl.evaluation import evaluate
 
     def compute() -> dict[str, float]:
         channels = data["meta"]["channels"]
@@ -173,9 +173,9 @@ def raw_pixels(cfg: Config, data: dict[str, Any], uri: str, experiment: str) -> 
 
 
 def random_init(cfg: Config, data: dict[str, Any], uri: str, experiment: str) -> Baseline:
-    from distcl.evaluate import extract_features, frozen_feature_kwargs
+    from distcl.evaluation.evaluate import extract_features, frozen_feature_kwargs
     from distcl.models.encoders import encoder_from_config
-    from distcl.precision import to_channels_last
+    from distcl.runtime.precision import to_channels_last
 
     def compute() -> dict[str, float]:
         meta, m = data["meta"], cfg.model

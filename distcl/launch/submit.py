@@ -209,8 +209,8 @@ def job_tracking_uri(args: argparse.Namespace, runtime_env: dict[str, Any]) -> s
     """The MLflow URI the job will use, in `distcl train`'s order ("" = tracking is off):
     a `tracking.uri=` override, the --config file's tracking.uri, the job's
     MLFLOW_TRACKING_URI, else the local SQLite default."""
-    from distcl.config import ConfigError, load_yaml
-    from distcl.tracking import DEFAULT_URI
+    from distcl.config.schema import ConfigError, load_yaml
+    from distcl.tracking.core import DEFAULT_URI
 
     values: dict[str, Any] = {}
     if args.config:
@@ -241,7 +241,7 @@ def _alive_nodes(address: str) -> int | None:
 def check_job_tracking(address: str, uri: str) -> None:
     """Refuse a SQLite or file MLflow store when the job's workers can run on other nodes:
     each node would write its own file. Loopback single-node clusters may keep one."""
-    from distcl.tracking import is_local_uri
+    from distcl.tracking.core import is_local_uri
 
     if not uri or not is_local_uri(uri):
         return
@@ -313,7 +313,7 @@ def _say(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `distcl launch` and `python -m distcl.launch`; returns the exit code."""
+    """Entry point of `distcl launch` and `python -m distcl.launch.submit`; returns the exit code."""
     try:
         args = build_parser().parse_intermixed_args(argv)
     except SystemExit as e:  # --help or a usage error; argparse already printed why

@@ -134,7 +134,7 @@ def maybe_sync_batchnorm(model: nn.Module, enabled: bool) -> nn.Module:
     """
     if not enabled:
         return model
-    from distcl import dist  # late: dist is the only module that imports torch.distributed
+    from distcl.runtime import dist  # late: dist is the only module that imports torch.distributed
 
     if not dist.is_dist() or dist.get_world_size() <= 1:
         _warn_once(

@@ -22,11 +22,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from distcl import checkpoint, tracking
-from distcl.config import ConfigError, build, load_yaml, parse_overrides
-from distcl.storage import filesystem, read_text, storage_root, write_text
-from distcl.sweep_plan import TRIAL_CPU, cluster_now, plan_resources
-from distcl.sweep_space import Space, load_space, param_space
+from distcl.config.schema import ConfigError, build, load_yaml, parse_overrides
+from distcl.runtime import checkpoint
+from distcl.runtime.storage import filesystem, read_text, storage_root, write_text
+from distcl.sweep.plan import TRIAL_CPU, cluster_now, plan_resources
+from distcl.sweep.space import Space, load_space, param_space
+from distcl.tracking import core as tracking
 
 SWEEP_FILE = "distcl_sweep.json"  # in the sweep's folder: what --resume needs to rebuild it
 
@@ -84,8 +85,8 @@ def trial_fn(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     import torch
     from ray import tune
 
-    from distcl.final_eval import final_evaluation
-    from distcl.train import run_trainer
+    from distcl.evaluation.final import final_evaluation
+    from distcl.train.loop import run_trainer
 
     torch.set_num_threads(1)
     cfg = build({**ctx["base"], **config})
@@ -210,10 +211,10 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any]:
     """Start (or resume) a sweep; returns the summary with the best trial."""
     from ray import tune
 
-    from distcl.driver import prepare_data
-    from distcl.preflight import check_local_tracking
-    from distcl.sweep_report import report_sweep
-    from distcl.train import cluster_shape, ensure_ray
+    from distcl.config.preflight import check_local_tracking
+    from distcl.job import prepare_data
+    from distcl.report.sweep import report_sweep
+    from distcl.train.loop import cluster_shape, ensure_ray
 
     if args.resume:
         storage = storage_root(args.storage_path or "runs")

@@ -3,7 +3,7 @@
 All figures are accuracies in [0, 1] on the test split. Features are L2-normalised before either
 classifier. The linear probe is multinomial logistic regression fitted with full-batch L-BFGS in
 torch (float32); its L2 strength is chosen on a seeded held-out 10% of the train split, never on
-test. The semi-supervised fine-tuning itself (SimCLR section 6) lives in distcl.final_eval.
+test. The semi-supervised fine-tuning itself (SimCLR section 6) lives in distcl.evaluation.final.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distcl import dist
 from distcl.data.loader import eval_loader, to_float
-from distcl.precision import autocast, use_bf16
+from distcl.runtime import dist
+from distcl.runtime.precision import autocast, use_bf16
 
 KNN_T = 0.07  # temperature of the similarity-weighted kNN vote (Wu et al. 2018, InstDisc)
 KNN_MONITOR_TEST = 10000  # test images the in-training monitor embeds: bounds its cost per call

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from distcl.config import ConfigError, build, flatten_yaml
+from distcl.config.schema import ConfigError, build, flatten_yaml
 
 KINDS = ("loguniform", "uniform", "choice", "grid", "randint")
 SEARCHES = ("random", "grid", "optuna")

@@ -124,7 +124,7 @@ class TrainConfig:
     skip_nonfinite: int = 0  # tolerate up to K non-finite loss steps before failing
     log_every: int = 50  # print and log rank 0's step loss every N steps (0 = epoch ends only)
     # seconds for the epochs (0 = off): after epoch 1 the run plans the most epochs, up to
-    # train.epochs, that end inside it, and fits the LR schedule to them (distcl/budget.py)
+    # train.epochs, that end inside it, and fits the LR schedule to them (distcl/train/budget.py)
     time_budget_s: float = 0.0
 
 
@@ -239,7 +239,7 @@ def build(values: dict[str, Any]) -> Config:
             raise ConfigError(f"unknown config key '{key}'.{_suggest(key)}")
         sections.setdefault(section, {})[name] = _coerce(key, raw, field_types[name])
     cfg = Config(**{s: types[s](**kw) for s, kw in sections.items()})
-    from distcl.validate import validate  # late import: validate imports this module
+    from distcl.config.validate import validate  # late import: validate imports this module
 
     validate(cfg)
     return cfg
