@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness  # noqa: E402
+from bench_train_plain import PlainLoop, matmul_peak, profile_plain, step_flops  # noqa: E402
 
 from distcl.config import schema as config  # noqa: E402
 from distcl.config.schema import Config  # noqa: E402
@@ -82,7 +83,7 @@ def bench_config(
 
 
 def prepare(cfg: Config) -> dict[str, Any]:
-    from distcl.job import prepare_data
+    from distcl.data.prepare import prepare_data
 
     return prepare_data(cfg)
 
@@ -124,137 +125,28 @@ def ray_run(cfg: Config, data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-# ----- the plain loop ---------------------------------------------------------------------------
-class PlainLoop:
-    """The same model, optimizer, loader and augmentation in this process, without Ray."""
-
-    def __init__(self, cfg: Config, data: dict[str, Any], batch: int, threads: int):
-        from distcl.data.loader import ViewSpec, train_loader
-        from distcl.models.methods import build_method
-        from distcl.runtime.precision import bf16_supported, to_channels_last
-        from distcl.train.optim import build_optimizer, param_groups
-
-        self.threads, self.sync, self.channels = threads, False, data["meta"]["channels"]
-        torch.manual_seed(cfg.train.seed)
-        model = build_method(cfg, self.channels, data["meta"]["num_classes"])
-        self.model = to_channels_last(model, cfg.train.channels_last)
-        o = cfg.optim
-        self.optimizer = build_optimizer(
-            o.name,
-            param_groups(self.model, o.weight_decay),
-            lr=o.lr,
-            momentum=o.momentum,
-            weight_decay=o.weight_decay,
-            trust_coefficient=o.trust_coefficient,
-        )
-        self.bf16 = cfg.train.precision != "fp32" and bf16_supported("cpu")
-        d = cfg.data
-        spec = ViewSpec(d.resolution, d.crop_scale_min, d.jitter, d.jitter_p, d.preset)
-        self.loader = train_loader(
-            data["train_path"],
-            batch_size=batch,
-            views=d.views,
-            spec=spec,
-            seed=cfg.train.seed,
-            distributed=False,
-            num_workers=threads,
-        )
-        self.images_per_epoch = batch * len(self.loader)
-        self.wait = 0.0
-
-    def step(self, batch) -> torch.Tensor:
-        from distcl.data.loader import split_batch, to_float
-        from distcl.runtime.precision import autocast
-
-        views, labels = split_batch(batch)
-        views = [to_float(v, self.channels, torch.device("cpu")) for v in views]
-        self.optimizer.zero_grad(set_to_none=True)
-        with autocast("cpu", self.bf16):
-            loss = self.model(views, labels)
-        if self.sync and not torch.isfinite(loss).item():  # the loop's per-step host read
-            raise FloatingPointError("non-finite loss")
-        loss.backward()
-        self.optimizer.step()
-        return loss
-
-    def epoch(self, sync: bool = False) -> None:
-        """One epoch; `self.wait` accumulates seconds blocked on the loader."""
-        self.sync = sync
-        torch.set_num_threads(self.threads)
-        self.model.train()
-        tick = time.perf_counter()
-        for batch in self.loader:
-            self.wait += time.perf_counter() - tick
-            self.step(batch)
-            tick = time.perf_counter()
-
-
-def step_flops(cfg: Config, data: dict[str, Any], batch: int) -> int:
-    """FLOPs of one training step (forward + backward) on `batch` images x the views."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from distcl.models.methods import build_method
-
-    meta, res = data["meta"], cfg.data.resolution
-    model = build_method(cfg, meta["channels"], meta["num_classes"])
-    views = [torch.randn(batch, meta["channels"], res, res) for _ in range(cfg.data.views)]
-    counter = FlopCounterMode(display=False)
-    with counter:
-        model(views, torch.zeros(batch, dtype=torch.long)).backward()
-    return counter.get_total_flops()
-
-
-def matmul_peak(bf16: bool, threads: int, n: int = 2048, reps: int = 5) -> float:
-    """Best FLOP/s of an n x n matmul at this precision and thread count."""
-    torch.set_num_threads(threads)
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    times = harness.measure(lambda: a @ b, reps=reps, warmup=2)
-    return 2 * n**3 / min(times)
-
-
-def profile_plain(loop: PlainLoop, steps: int = 8) -> None:
-    """Print the top ops of a few plain steps by self CPU time."""
-    from torch.profiler import ProfilerActivity, profile
-
-    batches = iter(loop.loader)
-    torch.set_num_threads(loop.threads)
-    loop.step(next(batches))
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(steps):
-            loop.step(next(batches))
-    for _ in batches:  # drain the epoch so the loader is reusable
-        pass
-    print(f"\nprofile: {steps} plain steps (threads={loop.threads}), top ops by self CPU time")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
-
-
+# ----- the run ----------------------------------------------------------------------------------
 def _rate(images: int, seconds: list[float]) -> float:
     return images / statistics.median(seconds)
 
 
-def main() -> None:
+def _parse_args():
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller run (2,048 images)")
     parser.add_argument("--json", type=Path, default=None, help="write flat metrics here")
     parser.add_argument("--profile", action="store_true", help="profile plain steps")
-    args = parser.parse_args()
-    images, epochs, plain_reps = (2048, 4, 1) if args.quick else (4096, 4, 1)
-    torch.set_num_threads(2)
-    print("machine:", harness.machine_description())
-    storage = tempfile.mkdtemp(prefix="distcl-bench-train-")
-    cfg2 = bench_config(2, 512, images, epochs, storage)
-    cfg1 = bench_config(1, 256, images, epochs, storage)
-    data = prepare(cfg2)
-    print(f"data: first {images} Fashion-MNIST images, {epochs} epochs per Ray run")
+    return parser.parse_args()
 
+
+def _run_variants(cfg2: Config, cfg1: Config, data: dict[str, Any], plain_reps: int, prof: bool):
+    """Plain epochs, then both Ray runs, then plain again; returns loops, plain times, ray runs."""
     loops = {
         "plain_b512": PlainLoop(cfg2, data, 512, threads=2),
         "plain_b256": PlainLoop(cfg1, data, 256, threads=1),
     }
-    if args.profile:
+    if prof:
         profile_plain(loops["plain_b512"])
     for loop in loops.values():  # warm-up: FFCV's numba compile, then count waits afresh
         loop.epoch()
@@ -271,22 +163,11 @@ def main() -> None:
     plain_late = harness.measure_alternating(variants, plain_reps, 0)
     for k in plain:
         plain[k] += plain_late[k]
+    return loops, plain, ray2, ray1
 
-    times = {**plain, "ray_2w": ray2["cycles_s"], "ray_1w": ray1["cycles_s"]}
-    harness.print_table("epoch seconds (Ray: report-to-report cycle)", times, "plain_b512")
-    rates = {
-        k: _rate(b256.images_per_epoch if "b256" in k else loops[k].images_per_epoch, v)
-        for k, v in plain.items()
-    }
-    rates["ray_2w"] = _rate(ray2["images_per_epoch"], ray2["cycles_s"])
-    rates["ray_1w"] = _rate(ray1["images_per_epoch"], ray1["cycles_s"])
-    in_loop_2w = _rate(ray2["images_per_epoch"], ray2["epoch_s"][1:-1])
-    print("\nimages/s: " + "  ".join(f"{k}={v:,.0f}" for k, v in rates.items()))
-    print(
-        f"ray_2w in-loop (steps only) {in_loop_2w:,.0f} images/s; Ray wall "
-        f"{ray2['wall_s']:.1f} s (2w), {ray1['wall_s']:.1f} s (1w) incl. start-up"
-    )
 
+def _metrics(cfg2, data, loops, plain, ray2, ray1, rates) -> dict[str, float]:
+    """The flat `--json` metrics; measures the step FLOPs and the matmul peak on the way."""
     # Report + checkpoint cost per epoch, and the overhead it would be on full 60k-image epochs.
     fixed_s = statistics.median(ray1["cycles_s"]) - statistics.median(ray1["epoch_s"][1:-1])
     per_image_ray1 = statistics.median(ray1["epoch_s"][1:-1]) / ray1["images_per_epoch"]
@@ -295,7 +176,7 @@ def main() -> None:
     flops = step_flops(cfg2, data, 512) / 512  # per image (all views), forward + backward
     peak = matmul_peak(bf16, threads=2)
     later = ray2["epoch_s"][1:]
-    metrics = {
+    return {
         "train_images_per_s": rates["ray_2w"],
         "plain_images_per_s": rates["plain_b512"],
         "ray_1w_images_per_s": rates["ray_1w"],
@@ -318,6 +199,36 @@ def main() -> None:
         "later_epoch_spread": max(later) / min(later),
         "bf16": float(bf16),
     }
+
+
+def main() -> None:
+    args = _parse_args()
+    images, epochs, plain_reps = (2048, 4, 1) if args.quick else (4096, 4, 1)
+    torch.set_num_threads(2)
+    print("machine:", harness.machine_description())
+    storage = tempfile.mkdtemp(prefix="distcl-bench-train-")
+    cfg2 = bench_config(2, 512, images, epochs, storage)
+    cfg1 = bench_config(1, 256, images, epochs, storage)
+    data = prepare(cfg2)
+    print(f"data: first {images} Fashion-MNIST images, {epochs} epochs per Ray run")
+    loops, plain, ray2, ray1 = _run_variants(cfg2, cfg1, data, plain_reps, args.profile)
+
+    times = {**plain, "ray_2w": ray2["cycles_s"], "ray_1w": ray1["cycles_s"]}
+    harness.print_table("epoch seconds (Ray: report-to-report cycle)", times, "plain_b512")
+    b256 = loops["plain_b256"]
+    rates = {
+        k: _rate(b256.images_per_epoch if "b256" in k else loops[k].images_per_epoch, v)
+        for k, v in plain.items()
+    }
+    rates["ray_2w"] = _rate(ray2["images_per_epoch"], ray2["cycles_s"])
+    rates["ray_1w"] = _rate(ray1["images_per_epoch"], ray1["cycles_s"])
+    in_loop_2w = _rate(ray2["images_per_epoch"], ray2["epoch_s"][1:-1])
+    print("\nimages/s: " + "  ".join(f"{k}={v:,.0f}" for k, v in rates.items()))
+    print(
+        f"ray_2w in-loop (steps only) {in_loop_2w:,.0f} images/s; Ray wall "
+        f"{ray2['wall_s']:.1f} s (2w), {ray1['wall_s']:.1f} s (1w) incl. start-up"
+    )
+    metrics = _metrics(cfg2, data, loops, plain, ray2, ray1, rates)
     print("\n" + "\n".join(f"  {k:<24}{v:>12.4g}" for k, v in metrics.items()))
     harness.write_json(args.json, metrics)
 

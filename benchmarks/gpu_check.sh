@@ -5,40 +5,26 @@
 #   GPU_CHECK_DRY_RUN=1 bash benchmarks/gpu_check.sh   # the same stages on CPU at toy sizes (CI)
 # Without a CUDA GPU (and without the dry-run variable) it says so and exits 0.
 #
-# Stages, in order. Each prints ONE line as it finishes, flushed at once, so a timeout keeps
-# what finished:   gpu_check: <stage> ok|FAILED <seconds>s <details>
-#   env       torch, CUDA, GPU name, native bf16; Ray, FFCV and MLflow import.
-#   data      writes a CIFAR-10-format folder of generated 32 px RGB images (10 classes, numpy),
-#             then `distcl prepare --dataset cifar10` turns it into train/test .betons.
-#   mlflow    `mlflow server` (SQLite store) on a free port of 127.0.0.1, healthy over HTTP.
-#             It is launched before `data`, so the two overlap.
-#   train     `distcl train --config cifar10_simclr_resnet18` through Ray Train: NCCL, 1 worker,
-#             use_gpu, bf16, channels_last, SyncBN, gradient caching (chunk = half the batch),
-#             the kNN monitor every epoch, max_failures=1. MLflow is reached only through
-#             MLFLOW_TRACKING_URI=http://127.0.0.1:PORT in the environment. A watcher SIGKILLs
-#             the Ray Train worker (its process title is ray::RayTrainWorker...) once
-#             epoch 2 runs and a checkpoint is registered; Ray restarts the worker group and
-#             the run must finish, its log saying "resumed at epoch".
-#   metrics   reads the run back over HTTP: status FINISHED, `loss` logged exactly once per
-#             epoch, `knn_acc`, `images_per_s` (median of epochs 2+; epoch 1 pays FFCV's numba
-#             compile) and `gpu_peak_mem_mib` (required on a GPU; "n/a" on CPU).
-#   eval      `distcl eval --checkpoint <the run's final checkpoint> --what knn,linear`,
-#             logging into the same MLflow run.
-#   teardown  stops the MLflow server (its process group) and anything else this script
-#             started that is still alive (every child carries GPU_CHECK_OWNER=<work dir> in its
-#             environment). An EXIT trap does the same on failure, timeout or Ctrl-C.
-# Then one summary line; the exit code is non-zero when a stage failed or was skipped.
+# Stages, in order; each prints ONE line as it finishes (`gpu_check: <stage> ok|FAILED <s>s
+# <details>`), so a timeout keeps what finished: env, data (generated CIFAR-10-format images ->
+# `distcl prepare`), mlflow (a server on 127.0.0.1, started before data), train (`distcl train`
+# of the ResNet-18 CIFAR preset through Ray Train on NCCL, bf16, channels_last, gradient caching,
+# kNN every epoch; a watcher SIGKILLs the Ray Train worker in epoch 2 and the run must resume
+# and finish; MLflow only through MLFLOW_TRACKING_URI), metrics (the run read back over HTTP),
+# eval (`distcl eval` of the final checkpoint), teardown (every process this script started,
+# found by GPU_CHECK_OWNER=<work dir> in its environment, stopped; an EXIT trap does the same).
+# Then a summary line; the exit code is non-zero when a stage failed or was skipped. The Python
+# parts are benchmarks/gpu_check_*.py; benchmarks/README.md has the stages and measured figures.
 #
 # Each stage has its own `timeout`, capped by what is left of GPU_CHECK_BUDGET_S (default 470 s).
-# The dry run swaps ResNet-18 for small_cnn width 8 (ResNet-18 trains at ~24 images/s on a 2-core
-# CPU), 1024 images x 3 epochs, train.use_gpu=false (gloo instead of NCCL; bf16, channels_last and
-# sync_bn go through distcl's CPU fallbacks), 1 CPU, NUMBA_OPT=0: about 140 s on 2 cores.
-# Environment: PY (interpreter, default .venv/bin/python), RAY_ADDRESS (use that Ray cluster
-# instead of the one `distcl train` starts; the work dir must then be visible to it),
-# GPU_CHECK_KEEP=1 (keep the work dir; it is always kept when a stage failed).
+# The dry run: small_cnn width 8, 1024 images x 3 epochs, gloo, 1 CPU, NUMBA_OPT=0 (~80 s here).
+# Environment: PY (interpreter, default .venv/bin/python), RAY_ADDRESS (use that Ray cluster;
+# the work dir must then be visible to it), GPU_CHECK_KEEP=1 (keep the work dir; it is always
+# kept when a stage failed).
 # shellcheck disable=SC2317  # stage functions are called through run_stage and the EXIT trap
 set -euo pipefail
 cd "$(dirname "$0")/.."
+BENCH=$(pwd)/benchmarks  # the stages' Python helpers, gpu_check_*.py
 PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || PY=$(command -v python3)
 PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")  # absolute: commands run in the work dir
@@ -166,24 +152,7 @@ trap 'exit 143' TERM
 
 # ---------- stages ----------
 stage_env() {
-  DETAIL=$(timeout "$(limit 90)" "$PY" - "$DRY" <<'EOF' 2>"$LOGS/env.err"
-import sys
-
-import ffcv, mlflow, ray, torch  # noqa: F401  (every stage needs these)
-
-if sys.argv[1] == "1":
-    print(f"torch {torch.__version__}, CPU (dry run), ray {ray.__version__}, mlflow {mlflow.__version__}")
-else:
-    name = torch.cuda.get_device_name(0)
-    free, total = torch.cuda.mem_get_info(0)
-    bf16 = "yes" if torch.cuda.is_bf16_supported() else "NO"
-    nccl = torch.cuda.nccl.version()  # a tuple in recent torch, an int in old ones
-    nccl = ".".join(map(str, nccl)) if isinstance(nccl, tuple) else nccl
-    print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {name} x{torch.cuda.device_count()}, "
-          f"{total / 2**30:.0f} GiB, bf16 native {bf16}, NCCL {nccl}, "
-          f"ray {ray.__version__}, mlflow {mlflow.__version__}")
-EOF
-  ) || { DETAIL="$(tail_of "$LOGS/env.err")"; return 1; }
+  DETAIL=$(timeout "$(limit 90)" "$PY" "$BENCH/gpu_check_env.py" "$DRY" 2>"$LOGS/env.err") || { DETAIL="$(tail_of "$LOGS/env.err")"; return 1; }
 }
 
 start_mlflow() {  # in the background, before `data`; the mlflow stage waits for its health
@@ -198,45 +167,7 @@ start_mlflow() {  # in the background, before `data`; the mlflow stage waits for
 }
 
 stage_data() {
-  timeout "$(limit 120)" "$PY" - "$WORK/cifar" "$N_TRAIN" "$N_TEST" <<'EOF' >"$LOGS/data.log" 2>&1 || { DETAIL="generating images: $(tail_of "$LOGS/data.log")"; return 1; }
-"""A CIFAR-10-format folder (python pickles, N x 3072 rows of R, G, B planes) of generated
-32 px images: each class a coloured stripe pattern of its own orientation and frequency, plus
-noise and a random shift, so that the kNN monitor has something to learn."""
-import pickle, sys
-from pathlib import Path
-
-import numpy as np
-
-root, n_train, n_test = Path(sys.argv[1]) / "cifar-10-batches-py", int(sys.argv[2]), int(sys.argv[3])
-root.mkdir(parents=True)
-yy, xx = np.mgrid[:32, :32] / 32.0
-
-
-def make(n, seed):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 10, n)
-    angle, freq = y * np.pi / 10, 2 + (y % 3)  # N
-    phase = rng.uniform(0, 2 * np.pi, n)
-    proj = np.cos(angle)[:, None, None] * xx + np.sin(angle)[:, None, None] * yy  # N x 32 x 32
-    wave = np.sin(2 * np.pi * freq[:, None, None] * proj + phase[:, None, None])
-    colour = np.random.default_rng(99).uniform(60, 200, (10, 3))[y]  # N x 3, per class
-    x = colour[:, None, None, :] + 50 * wave[..., None] + rng.normal(0, 20, (n, 32, 32, 3))
-    x = np.clip(x, 0, 255).astype(np.uint8)  # N x 32 x 32 x 3
-    return x.transpose(0, 3, 1, 2).reshape(n, -1), y  # N x 3072
-
-
-def dump(name, doc):
-    with open(root / name, "wb") as f:
-        pickle.dump(doc, f, protocol=2)
-
-
-x, y = make(n_train, 0)
-for b, (xs, ys) in enumerate(zip(np.array_split(x, 5), np.array_split(y, 5))):
-    dump(f"data_batch_{b + 1}", {b"data": xs, b"labels": ys.tolist()})
-x, y = make(n_test, 1)
-dump("test_batch", {b"data": x, b"labels": y.tolist()})
-dump("batches.meta", {b"label_names": [f"class{i}".encode() for i in range(10)]})
-EOF
+  timeout "$(limit 120)" "$PY" "$BENCH/gpu_check_data.py" "$WORK/cifar" "$N_TRAIN" "$N_TEST" >"$LOGS/data.log" 2>&1 || { DETAIL="generating images: $(tail_of "$LOGS/data.log")"; return 1; }
   env GPU_CHECK_OWNER="$WORK" timeout "$(limit 150)" "$DISTCL" prepare --dataset cifar10 --root "$WORK/cifar" \
     --out "$WORK/betons" --split train --split test --workers "$CPUS" >>"$LOGS/data.log" 2>&1 \
     || { DETAIL="distcl prepare: $(tail_of "$LOGS/data.log")"; return 1; }
@@ -254,55 +185,6 @@ stage_mlflow() {
   DETAIL="$MLFLOW_URI healthy $(elapsed "$MLFLOW_T0")s after launch (pid $MLFLOW_PID)"
 }
 
-# The watcher (a file, so that `timeout` runs it directly and leads its process group): once
-# epoch 2 runs and Ray has registered a checkpoint, SIGKILL the one Ray Train worker, found by
-# its process title (Ray's state API would need the dashboard, i.e. ray[default], installed).
-write_watcher() {
-  cat >"$WORK/watcher.py" <<'EOF'
-import glob, os, re, signal, sys, time
-from pathlib import Path
-
-log, runs, owner = sys.argv[1:4]
-# rank 0's lines reach the driver as "(RayTrainWorker pid=N) distcl: epoch 2/3 step 4/16 ..."
-EPOCH = re.compile(r"distcl: epoch (\d+)/\d+ (step )?")
-
-
-def position():
-    """(epoch, in_progress) of rank 0's latest progress line, or (0, False)."""
-    lines = EPOCH.findall(Path(log).read_text(errors="replace")) if os.path.exists(log) else []
-    return (int(lines[-1][0]), bool(lines[-1][1])) if lines else (0, False)
-
-
-def train_workers():
-    """pids of live Ray Train worker processes: Ray titles each actor process
-    "ray::RayTrainWorker..." (no dashboard needed, unlike the state API). Ours carry
-    GPU_CHECK_OWNER in their environment; on an outside cluster (RAY_ADDRESS) the title alone."""
-    found = []
-    for cmd in glob.glob("/proc/[0-9]*/cmdline"):
-        try:
-            title = Path(cmd).read_bytes().decode(errors="replace")
-            env = Path(cmd).with_name("environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if title.startswith("ray::RayTrainWorker") and (
-            os.environ.get("RAY_ADDRESS") or f"GPU_CHECK_OWNER={owner}".encode() in env
-        ):
-            found.append(int(Path(cmd).parent.name))
-    return found
-
-
-# Ray writes the snapshot when it registers a checkpoint; a restart resumes from the latest one.
-while not (glob.glob(f"{runs}/*/checkpoint_manager_snapshot.json") and position()[0] >= 2
-           and train_workers()):
-    time.sleep(0.05)  # the stage's timeout bounds this loop; the script ends it with the run
-epoch, running = position()
-pid = train_workers()[0]
-os.kill(pid, signal.SIGKILL)
-where = f"epoch {epoch}" if running else f"after epoch {epoch}"
-print(f"gpu_check watcher: SIGKILLed RayTrainWorker pid {pid} in {where}", flush=True)
-EOF
-}
-
 stage_train() {
   local t=$(( $(limit "$T_TRAIN") )) rc=0 resumed
   local args=(--config cifar10_simclr_resnet18 --summary-json "$WORK/summary.json"
@@ -314,13 +196,12 @@ stage_train() {
     train.run_name=gpu_check optim.warmup_epochs=2 eval.knn_every=1 "${RUN_ARGS[@]}")
   # Ray's temp dir in the work dir: its processes name it, and socket paths stay short
   [ -z "${RAY_ADDRESS:-}" ] && export RAY_TMPDIR=$WORK
-  write_watcher
   # `timeout` leads its own process group: distcl, the Ray it starts, their children. The cwd
   # is the work dir, so nothing a run writes by default lands in the repository.
   MLFLOW_TRACKING_URI=$MLFLOW_URI env -C "$WORK" GPU_CHECK_OWNER="$WORK" timeout -k 20 "$t" \
     "$DISTCL" train "${args[@]}" >"$LOGS/train.log" 2>&1 &
   TRAIN_PID=$!
-  env GPU_CHECK_OWNER="$WORK" timeout "$t" "$PY" "$WORK/watcher.py" "$LOGS/train.log" "$WORK/runs" "$WORK" \
+  env GPU_CHECK_OWNER="$WORK" timeout "$t" "$PY" "$BENCH/gpu_check_watcher.py" "$LOGS/train.log" "$WORK/runs" "$WORK" \
     >"$LOGS/watcher.log" 2>&1 &
   WATCH_PID=$!
   wait "$TRAIN_PID" || rc=$?
@@ -349,41 +230,7 @@ stage_train() {
 }
 
 stage_metrics() {
-  DETAIL=$(MLFLOW_TRACKING_URI=$MLFLOW_URI timeout "$(limit 60)" "$PY" - "$WORK/summary.json" "$EPOCHS" "$DRY" <<'EOF' 2>"$LOGS/metrics.err"
-import json, statistics, sys
-
-from mlflow.tracking import MlflowClient  # reads $MLFLOW_TRACKING_URI: the HTTP server
-
-summary, epochs, dry = json.load(open(sys.argv[1])), int(sys.argv[2]), sys.argv[3] == "1"
-client, run_id = MlflowClient(), summary["mlflow_run_id"]
-problems = []
-try:
-    run = client.get_run(run_id)
-except Exception as exc:  # noqa: BLE001 - reported on the stage line
-    print(f"run {run_id} not on the HTTP server (did distcl train log elsewhere?): {exc!r}"[:400])
-    sys.exit(1)
-hist = {k: client.get_metric_history(run_id, k)
-        for k in ("loss", "images_per_s", "knn_acc", "gpu_peak_mem_mib")}
-steps = sorted(m.step for m in hist["loss"])
-if steps != list(range(1, epochs + 1)):
-    problems.append(f"loss steps {steps}, expected 1..{epochs} once each")
-if run.info.status != "FINISHED":
-    problems.append(f"run status {run.info.status}")
-if len(hist["knn_acc"]) < epochs:
-    problems.append(f"knn_acc logged {len(hist['knn_acc'])}x, expected {epochs}")
-ips = [m.value for m in sorted(hist["images_per_s"], key=lambda m: m.step) if m.step > 1]
-peak = max((m.value for m in hist["gpu_peak_mem_mib"]), default=None)
-if peak is None and not dry:
-    problems.append("gpu_peak_mem_mib not logged on CUDA")
-loss = {m.step: m.value for m in hist["loss"]}
-knn = max(hist["knn_acc"], key=lambda m: m.step).value if hist["knn_acc"] else float("nan")
-print(f"run {run_id[:8]} {run.info.status}; loss once per epoch 1..{epochs} "
-      f"({loss.get(1, float('nan')):.3f} -> {loss.get(epochs, float('nan')):.3f}); "
-      f"images/s {statistics.median(ips) if ips else float('nan'):,.0f} (median of epochs 2+); "
-      f"peak GPU memory {'n/a' if peak is None else f'{peak:,.0f} MiB'}; knn_acc {knn:.3f}"
-      + ("; PROBLEMS: " + "; ".join(problems) if problems else ""))
-sys.exit(1 if problems else 0)
-EOF
+  DETAIL=$(MLFLOW_TRACKING_URI=$MLFLOW_URI timeout "$(limit 60)" "$PY" "$BENCH/gpu_check_metrics.py" "$WORK/summary.json" "$EPOCHS" "$DRY" 2>"$LOGS/metrics.err"
   ) && return 0
   DETAIL="${DETAIL:-$(tail_of "$LOGS/metrics.err")}"
   return 1

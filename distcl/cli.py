@@ -39,7 +39,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from distcl.config import schema as config
-    from distcl.job import fit
+    from distcl.job.driver import fit
 
     cfg = config.load(args.config, args.overrides)
     fit(cfg, resume=args.resume, summary_json=args.summary_json)

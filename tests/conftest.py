@@ -147,7 +147,7 @@ def server_fit(ray_session, tiny_betons, mlflow_server, tmp_path_factory):
     """`distcl train` of the tiny config, once per session, logging to the real MLflow server
     (shared by test_tracking.py and the browser test in test_mlflow_ui.py)."""
     from distcl.config import schema as config
-    from distcl.job import fit
+    from distcl.job.driver import fit
     from tests.tiny import tiny_overrides
 
     tmp = tmp_path_factory.mktemp("tracking-e2e")

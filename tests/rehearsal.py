@@ -40,7 +40,7 @@ def check_tracked_run(uri: str, storage: Path, epochs: int) -> Any:
     FINISHED, tracked through $MLFLOW_TRACKING_URI, each epoch's metrics logged exactly once."""
     from mlflow.tracking import MlflowClient
 
-    from distcl.job import RUN_FILE
+    from distcl.job.driver import RUN_FILE
 
     run_files = list(storage.glob(f"*/{RUN_FILE}"))
     assert len(run_files) == 1, f"want one run under {storage}, got {run_files}"

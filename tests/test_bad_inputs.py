@@ -65,6 +65,8 @@ CASES = [
     ),
     (["data.resolution=64"], "data.resolution=64 is larger than the stored images (28 px"),
     (["method.name=byol", "train.chunk_size=64"], "train.chunk_size (gradient caching) works"),
+    (["method.name=byol", "data.views=3"], "method.name=byol uses 2 views, got data.views=3"),
+    (["method.name=moco_v2", "method.queue_size=64"], "method.queue_size=64 must be >= train"),
     (["--config", "no_such_preset"], "unknown preset 'no_such_preset'"),
     ("truncate", "fashion_mnist-train.beton is"),
     ("drop_sidecar", "not written by distcl prepare"),

@@ -49,7 +49,7 @@ BUDGET_S = 60.0
 def test_a_60_s_budget_ends_near_it_with_the_schedule_finished(
     ray_session, tiny_betons, tmp_path, mlflow_server
 ):
-    from distcl.job import fit
+    from distcl.job.driver import fit
 
     cfg = config.load(
         None,

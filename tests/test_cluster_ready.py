@@ -12,8 +12,8 @@ import torch
 
 from distcl import cli
 from distcl.config import schema as config
-from distcl.config.preflight import check_local_tracking, check_tracking_scheme
 from distcl.config.schema import ConfigError
+from distcl.job.preflight import check_local_tracking, check_tracking_scheme
 from distcl.launch import submit as launch
 from distcl.runtime import checkpoint, precision
 from distcl.tracking import core as tracking

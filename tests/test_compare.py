@@ -1,7 +1,8 @@
 """`distcl compare` on a local SQLite store: runs, baselines, Δ values, files and report run.
 
-The runs are logged through distcl.tracking.core into a real SQLite MLflow store with chosen metrics,
-so every expected Δ is known exactly. (The server end to end is in test_tracking.py.)
+The runs are logged through distcl.tracking.core into a real SQLite MLflow store with chosen
+metrics, so every expected Δ is known exactly (the table itself: distcl/report/table.py). The
+server end to end is in test_tracking.py.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import csv
 
 import pytest
 
-from distcl.report import compare
+from distcl.report import compare, table
 from distcl.tracking import core as tracking
 
 EXP = "distcl-compare-test"
@@ -28,58 +29,45 @@ def _run(uri, name, tags, metrics, params=None, status="FINISHED", experiment=EX
 def store(tmp_path_factory):
     uri = f"sqlite:///{tmp_path_factory.mktemp('compare')}/mlflow.db"
     arch = {"arch": "small_cnn-w16", **SPLIT}
-    ids = {
-        "a": _run(
-            uri,
+    baseline = {"role": "baseline"}
+    rows = {  # key: (run name, tags, metrics, params)
+        "a": (
             "simclr-ntxent-b512",
             {"role": "method", "method": "simclr", "loss": "ntxent", **arch},
             {"knn_acc": 0.85, "linear_acc": 0.87, "semi_1pct_acc": 0.70, "semi_10pct_acc": 0.80},
             {"train.global_batch": 512, "loss.temperature": 0.3},
         ),
-        "b": _run(
-            uri,
+        "b": (
             "supcon-b256",
-            {
-                "role": "method",
-                "method": "supcon",
-                "loss": "supcon",
-                "arch": "resnet18-cifar-stem",
-                **SPLIT,
-            },
+            {"role": "method", "method": "supcon", "loss": "supcon"}
+            | {"arch": "resnet18-cifar-stem", **SPLIT},
             {"knn_acc": 0.88, "linear_acc": 0.90},
             {"train.global_batch": 256, "loss.temperature": 0.1},
         ),
-        "raw": _run(
-            uri,
+        "raw": (
             "baseline-raw_pixels",
-            {"role": "baseline", "baseline": "raw_pixels", "dataset": "fashion_mnist", **SPLIT},
+            baseline | {"baseline": "raw_pixels", "dataset": "fashion_mnist", **SPLIT},
             {"knn_acc": 0.84, "linear_acc": 0.844},
         ),
-        "rand": _run(
-            uri,
+        "rand": (
             "baseline-random_init",
-            {"role": "baseline", "baseline": "random_init", **arch},
+            baseline | {"baseline": "random_init", **arch},
             {"knn_acc": 0.78, "linear_acc": 0.80},
         ),
-        "sup": _run(
-            uri,
+        "sup": (
             "supervised-ce-b512",
-            {"role": "baseline", "baseline": "supervised", "method": "supervised", **arch},
+            baseline | {"baseline": "supervised", "method": "supervised", **arch},
             {"knn_acc": 0.90, "linear_acc": 0.915},
         ),
-        "ref": _run(
-            uri,
+        "ref": (
             "reference-human",
-            {
-                "role": "baseline",
-                "baseline": "reference",
-                "reference": "human",
-                "metric": "linear_acc",
-                "source": "README",
-            },
+            baseline
+            | {"baseline": "reference", "reference": "human", "metric": "linear_acc"}
+            | {"source": "README"},
             {"linear_acc": 0.835},
         ),
     }
+    ids = {key: _run(uri, *row) for key, row in rows.items()}
     _run(uri, "compare-old", {"role": "report"}, {"linear_acc": 0.1})  # never a table row
     _run(
         uri, "crashed", {"role": "method", "method": "simclr"}, {"linear_acc": 0.2}, status="FAILED"
@@ -90,7 +78,7 @@ def store(tmp_path_factory):
 def test_table_rows_and_deltas(store):
     uri, _ = store
     df = tracking.search_runs(uri, [tracking.find_experiment(uri, EXP).experiment_id])
-    columns, rows, base_rows = compare.build_table(df)
+    columns, rows, base_rows = table.build_table(df)
     assert columns[:9] == [
         "run",
         "method",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from distcl.config import schema as config
@@ -95,3 +98,15 @@ def test_yaml_file_config(tmp_path):
 def test_every_shipped_preset_validates():
     for name in config.preset_names():
         config.load(name)
+
+
+def test_config_package_loads_without_torch_or_models():
+    """The CLI and the sweep planner validate a config without importing torch (names.py holds
+    the names the registries in distcl.models and distcl.losses are checked against)."""
+    code = (
+        "import sys; from distcl.config import names, rules, schema, validate; "
+        "schema.load(); print(sorted(m for m in sys.modules if m == 'torch' "
+        "or (m.startswith('distcl.') and not m.startswith('distcl.config'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -37,14 +37,6 @@ ALLOWED = {  # (module, qualified function, factory): (count, why it is safe)
         "RNG states are CPU tensors by definition",
     ),
     ("runtime/precision.py", "_bf16_supported_cached", "ones"): (1, "the CPU bf16 probe"),
-    ("evaluation/evaluate.py", "preconditioner", "randperm"): (
-        1,
-        "seeded CPU rows of CPU probe features",
-    ),
-    ("evaluation/evaluate.py", "val_split", "randperm"): (
-        1,
-        "seeded CPU split of CPU probe features",
-    ),
     ("losses/logistic.py", "LogisticLoss.__init__", "tensor"): (2, STATE_IN_INIT),
     ("models/moco.py", "KeyQueue.__init__", "randn"): (1, STATE_IN_INIT),
     ("models/moco.py", "KeyQueue.__init__", "zeros"): (1, STATE_IN_INIT),

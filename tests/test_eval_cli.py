@@ -8,10 +8,10 @@ import torch
 
 from distcl.cli import main as cli_main
 from distcl.config import schema as config
-from distcl.evaluation import baselines
 from distcl.evaluation import cli as eval_cli
 from distcl.evaluation.evaluate import extract_features, frozen_feature_kwargs
 from distcl.evaluation.final import load_encoder
+from distcl.evaluation.probe import frozen_metrics
 from distcl.models.methods import build_method
 from distcl.runtime import checkpoint
 from distcl.tracking import core as tracking
@@ -61,7 +61,7 @@ def test_eval_checkpoint_logs_knn_and_linear_into_its_run(ckpt, tiny_betons, cap
     kw = frozen_feature_kwargs(cfg.train.precision, 1)  # as the run's final evaluation does
     tr = extract_features(enc, str(tiny_betons / "fashion_mnist-train.beton"), **kw)
     te = extract_features(enc, str(tiny_betons / "fashion_mnist-test.beton"), **kw)
-    expected = baselines.frozen_metrics(*tr, *te, knn_k=5)
+    expected = frozen_metrics(*tr, *te, knn_k=5)
     run = tracking.get_run(cfg.tracking.uri, logger.run_id)
     assert run.data.metrics["knn_acc"] == expected["knn_acc"]
     assert run.data.metrics["linear_acc"] == expected["linear_acc"]

@@ -1,6 +1,6 @@
 """Evaluation: kNN against a naive reference, the linear probe against scikit-learn, the bounded
-kNN monitor, class-balanced label subsets and semi-supervised fine-tuning (distcl.evaluation.final)
-on tiny betons."""
+kNN monitor, class-balanced label subsets and semi-supervised fine-tuning
+(distcl.evaluation.finetune) on tiny betons."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from distcl.data.beton import read_meta
-from distcl.evaluation import evaluate
+from distcl.evaluation import evaluate, probe
 
 
 def _digits():
@@ -23,15 +23,15 @@ def _digits():
     return x[:1200], y[:1200], x[1200:], y[1200:]
 
 
-def _sklearn_probe(train_x, train_y, test_x, test_y, grid=evaluate.PROBE_L2) -> float:
+def _sklearn_probe(train_x, train_y, test_x, test_y, grid=probe.PROBE_L2) -> float:
     """The same protocol with scikit-learn's LogisticRegression: same features, same validation
     split, C = 1 / (2 * l2 * n) so both minimise the same objective."""
     from sklearn.linear_model import LogisticRegression
 
-    head = evaluate.new_head(train_x, 10)
+    head = probe.new_head(train_x, 10)
     z, zt = head.standardise(train_x).numpy(), head.standardise(test_x).numpy()
     y = train_y.numpy()
-    val, tr = (i.numpy() for i in evaluate.val_split(len(z)))
+    val, tr = (i.numpy() for i in probe.val_split(len(z)))
     scores = {}
     for l2 in grid:
         clf = LogisticRegression(C=1 / (2 * l2 * len(tr)), max_iter=5000, tol=1e-8)
@@ -43,22 +43,22 @@ def _sklearn_probe(train_x, train_y, test_x, test_y, grid=evaluate.PROBE_L2) -> 
 
 def test_linear_probe_matches_sklearn_within_half_a_point():
     train_x, train_y, test_x, test_y = _digits()
-    ours = evaluate.linear_probe(train_x, train_y, test_x, test_y)
+    ours = probe.linear_probe(train_x, train_y, test_x, test_y)
     theirs = _sklearn_probe(train_x, train_y, test_x, test_y)
     assert ours.top1 > 0.9  # a probe that learned nothing would sit near 0.1
     assert abs(ours.top1 - theirs) <= 0.005, (ours, theirs)
     assert ours.top5 is not None and ours.top5 >= ours.top1
-    assert ours.l2 in evaluate.PROBE_L2
+    assert ours.l2 in probe.PROBE_L2
 
 
 def test_fixed_l2_fit_reaches_the_sklearn_optimum():
     from sklearn.linear_model import LogisticRegression
 
     train_x, train_y, test_x, test_y = _digits()
-    head = evaluate.new_head(train_x, 10)
+    head = probe.new_head(train_x, 10)
     z, zt = head.standardise(train_x), head.standardise(test_x)
-    evaluate.fit_head(head, z, train_y, 1e-3, 60, evaluate.preconditioner(z))
-    ours = evaluate.topk_accuracy(head.linear(zt).detach(), test_y, 1)
+    probe.fit_head(head, z, train_y, 1e-3, 60, probe.preconditioner(z))
+    ours = probe.topk_accuracy(head.linear(zt).detach(), test_y, 1)
     clf = LogisticRegression(C=1 / (2 * 1e-3 * len(z)), max_iter=5000, tol=1e-8)
     theirs = clf.fit(z.numpy(), train_y.numpy()).score(zt.numpy(), test_y.numpy())
     assert abs(ours - theirs) <= 0.005
@@ -71,7 +71,7 @@ def test_top5_only_with_more_than_five_classes():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(400, 8, generator=g)
     y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()  # 4 classes, linearly separable-ish
-    r = evaluate.linear_probe(x[:300], y[:300], x[300:], y[300:])
+    r = probe.linear_probe(x[:300], y[:300], x[300:], y[300:])
     assert r.top5 is None and r.top1 > 0.85
 
 
@@ -124,7 +124,7 @@ def test_balanced_subset_is_fixed_balanced_and_hashed():
 
 
 def test_fine_tune_learns_from_a_few_labels(tiny_betons):
-    from distcl.evaluation.final import fine_tune
+    from distcl.evaluation.finetune import fine_tune
     from distcl.models.encoders import SmallCNN
 
     torch.manual_seed(0)

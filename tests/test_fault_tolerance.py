@@ -42,7 +42,7 @@ def _kill_one_worker(ray_ctx) -> int:
 
 
 def _fit_in_thread(cfg):
-    from distcl.job import fit
+    from distcl.job.driver import fit
 
     out: dict = {}
 
@@ -94,7 +94,7 @@ def test_corrupt_checkpoint_falls_back_after_a_worker_restart_and_on_resume(
     run, then `fit(resume=True)` (what `distcl train --resume` calls) after it finished."""
     from mlflow.tracking import MlflowClient
 
-    from distcl.job import fit
+    from distcl.job.driver import fit
 
     storage = tmp_path / "runs"
     # Small batches and spare epochs keep the run going while the test kills and corrupts;

@@ -19,7 +19,7 @@ from torch import nn
 
 from distcl.losses import build_loss
 from distcl.runtime import precision
-from distcl.train.gradcache import check_batch_divisibility, gradcache_step
+from distcl.train.gradcache import gradcache_step
 
 torch.set_num_threads(1)
 F64 = torch.float64
@@ -141,19 +141,6 @@ def test_bf16_autocast_inside_encode():
     assert loss.dtype == torch.float32
     assert bf16[0].weight.grad.dtype == torch.float32
     assert _rel_err([bf16[0].weight.grad], [fp32[0].weight.grad]) < 0.1
-
-
-def test_check_batch_divisibility_message():
-    check_batch_divisibility(4096, 4, 256)  # valid: no error
-    with pytest.raises(ValueError) as err:
-        check_batch_divisibility(1000, 2, 128)
-    msg = str(err.value)
-    for part in ("global_batch=1000", "world_size=2", "chunk_size=128", "768 or 1024", "125"):
-        assert part in msg
-    with pytest.raises(ValueError, match=r"world_size=3.*set data.global_batch to 768 or 1152"):
-        check_batch_divisibility(1000, 3, 128)
-    with pytest.raises(ValueError, match="chunk_size must be > 0, got 0"):
-        check_batch_divisibility(256, 1, 0)
 
 
 def test_precision_helpers(caplog):

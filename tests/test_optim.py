@@ -129,7 +129,7 @@ def test_scaled_lr_rules():
     assert scaled_lr(0.075, 256, "sqrt") == pytest.approx(1.2)
     assert scaled_lr(0.3, 512, "linear") == pytest.approx(0.6)
     assert scaled_lr(2e-3, 4096, "none") == 2e-3
-    with pytest.raises(ValueError, match=r"lr_rule.*'cube'"):
+    with pytest.raises(ValueError, match=r"lr_scaling.*'cube'"):
         scaled_lr(0.3, 256, "cube")
     with pytest.raises(ValueError, match="global batch"):
         scaled_lr(0.3, 0, "linear")

@@ -15,7 +15,7 @@ import pytest
 from distcl.config import schema as config
 from distcl.runtime.storage import read_text, write_text
 from distcl.sweep.plan import Cluster, Plan, cluster_now, groups_can_grow, plan_resources
-from distcl.sweep.run import SWEEP_FILE, _find_resumable, _sweep_dir
+from distcl.sweep.state import SWEEP_FILE, find_resumable, sweep_dir
 from distcl.train.loop import scaling_config
 
 
@@ -98,20 +98,20 @@ def test_storage_uris_stay_intact(tmp_path, monkeypatch):
     def args(storage_path):
         return argparse.Namespace(storage_path=storage_path)
 
-    assert _sweep_dir(args("s3://bucket/sweeps"), "runs") == "s3://bucket/sweeps"
-    assert _sweep_dir(args(None), "gs://bucket/runs/") == "gs://bucket/runs"
+    assert sweep_dir(args("s3://bucket/sweeps"), "runs") == "s3://bucket/sweeps"
+    assert sweep_dir(args(None), "gs://bucket/runs/") == "gs://bucket/runs"
     monkeypatch.chdir(tmp_path)
-    assert _sweep_dir(args(None), "runs") == str(tmp_path / "runs")  # local: absolute
+    assert sweep_dir(args(None), "runs") == str(tmp_path / "runs")  # local: absolute
 
     root = f"file://{tmp_path}/sweeps"  # a URI that pyarrow serves without network
     write_text(f"{root}/old/{SWEEP_FILE}", '{"name": "old"}')
     write_text(f"{root}/new/{SWEEP_FILE}", '{"name": "new"}')
     write_text(f"{root}/no-sweep/other.json", "{}")
     os.utime(tmp_path / "sweeps" / "old" / SWEEP_FILE, (1e9, 1e9))
-    assert _find_resumable(root, "old") == f"{root}/old"
-    assert _find_resumable(root, None) == f"{root}/new"  # the newest record
-    assert read_text(f"{_find_resumable(root, None)}/{SWEEP_FILE}") == '{"name": "new"}'
+    assert find_resumable(root, "old") == f"{root}/old"
+    assert find_resumable(root, None) == f"{root}/new"  # the newest record
+    assert read_text(f"{find_resumable(root, None)}/{SWEEP_FILE}") == '{"name": "new"}'
     with pytest.raises(config.ConfigError, match="no sweep at file://.*/sweeps/gone"):
-        _find_resumable(root, "gone")
+        find_resumable(root, "gone")
     with pytest.raises(config.ConfigError, match="no sweep under file://"):
-        _find_resumable(f"file://{tmp_path}/empty", None)
+        find_resumable(f"file://{tmp_path}/empty", None)

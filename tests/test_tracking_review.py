@@ -2,7 +2,8 @@
 
 The experiment's kind tag, the `.beton`s as dataset inputs, the run's description, one registry
 version per finished method run (none for baselines or sweep trials), and the compare table as
-the experiment's description. The same things over HTTP, in a real browser: test_mlflow_ui.py.
+the experiment's description (distcl/report/experiment.py). The same things over HTTP, in a
+real browser: test_mlflow_ui.py.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
 
-from distcl import job as driver
 from distcl.config import schema as config
+from distcl.job import driver
 from distcl.report import compare
+from distcl.report import experiment as report_experiment
 from distcl.tracking import core as tracking
 from distcl.tracking import review as tracking_review
 
@@ -136,7 +138,7 @@ def test_experiment_description_holds_the_compare_table(tmp_path):
         logger.end("FINISHED")
     exp_id = tracking.find_experiment(uri, EXP).experiment_id
     client = MlflowClient(tracking_uri=uri)
-    tracking_review.after_run(uri, exp_id, logger.run_id)
+    report_experiment.after_run(uri, exp_id, logger.run_id)
     note = client.get_experiment(exp_id).tags[tracking_review.NOTE_TAG]
     assert "best linear probe: simclr-ntxent-b128 62.50% (Δ raw_pixels +7.50 pts)" in note
     assert "| run | method |" in note and "Δ raw_pixels" in note

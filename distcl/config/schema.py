@@ -17,6 +17,9 @@ from typing import Any
 
 import yaml
 
+from distcl.config import validate
+from distcl.config.names import LOSS_METHODS
+
 DEFAULT_PRESET = "fashion_mnist_simclr"
 
 
@@ -26,9 +29,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = (
-        "fashion_mnist"  # fashion_mnist | cifar10 | cifar100 | stl10 | imagefolder | synthetic
-    )
+    # fashion_mnist | cifar10 | cifar100 | stl10 | imagefolder | synthetic (names.DATASETS)
+    dataset: str = "fashion_mnist"
     # raw files; "" = the usual place: Debian's Fashion-MNIST, <beton_dir>/raw for CIFAR/STL-10
     root: str = ""  # (README "Datasets"); imagefolder needs root/<split>/<class>/*.jpg named
     download: bool = False  # fetch missing CIFAR/STL-10 files into root (never unless asked)
@@ -183,7 +185,7 @@ class Config:
     def run_name(self) -> str:
         if self.train.run_name:
             return self.train.run_name
-        if self.method.name in ("simclr", "supcon"):  # the methods that use loss.name
+        if self.method.name in LOSS_METHODS:  # the methods that use loss.name
             return f"{self.method.name}-{self.loss.name}-b{self.train.global_batch}"
         return f"{self.method.name}-b{self.train.global_batch}"
 
@@ -193,26 +195,16 @@ def _section_types() -> dict[str, type]:
     return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
 
 
-def _valid_keys() -> list[str]:
-    return list(Config().to_flat())
-
-
 def _coerce(key: str, raw: Any, typ: type) -> Any:
     """Turn a YAML or command-line value into the field's type, or raise ConfigError."""
     if isinstance(raw, str) and typ is not str:
         raw = yaml.safe_load(raw) if raw.strip() else raw
-    try:
-        if typ is bool:
-            if isinstance(raw, bool):
-                return raw
-            raise TypeError
-        if typ is int:
-            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
-                raise TypeError
+    try:  # a bool is an int to Python, but never a number here
+        if typ is bool and isinstance(raw, bool):
+            return raw
+        if typ is int and not isinstance(raw, bool) and float(raw).is_integer():
             return int(raw)
-        if typ is float:
-            if isinstance(raw, bool):
-                raise TypeError
+        if typ is float and not isinstance(raw, bool):
             return float(raw)
         if typ is str:
             return "" if raw is None else str(raw)
@@ -222,7 +214,7 @@ def _coerce(key: str, raw: Any, typ: type) -> Any:
 
 
 def _suggest(key: str) -> str:
-    near = difflib.get_close_matches(key, _valid_keys(), n=1, cutoff=0.5)
+    near = difflib.get_close_matches(key, list(Config().to_flat()), n=1, cutoff=0.5)
     return f" Did you mean '{near[0]}'?" if near else ""
 
 
@@ -232,16 +224,14 @@ def build(values: dict[str, Any]) -> Config:
     types = _section_types()
     for key, raw in values.items():
         section, _, name = key.partition(".")
-        if section not in types or not name:
-            raise ConfigError(f"unknown config key '{key}'.{_suggest(key)}")
-        field_types = typing.get_type_hints(types[section])
+        field_types = typing.get_type_hints(types[section]) if section in types else {}
         if name not in field_types:
             raise ConfigError(f"unknown config key '{key}'.{_suggest(key)}")
         sections.setdefault(section, {})[name] = _coerce(key, raw, field_types[name])
     cfg = Config(**{s: types[s](**kw) for s, kw in sections.items()})
-    from distcl.config.validate import validate  # late import: validate imports this module
-
-    validate(cfg)
+    problems = validate.problems(cfg)
+    if problems:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
     return cfg
 
 
@@ -291,9 +281,7 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(
-                f"override '{item}' must look like key.sub=value, e.g. train.epochs=5"
-            )
+            raise ConfigError(f"override '{item}' must look like key.sub=value (train.epochs=5)")
         out[key.strip()] = value
     return out
 

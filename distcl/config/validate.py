@@ -1,40 +1,35 @@
-"""Config validation: every rule names the key, the bad value and what is allowed.
+"""Config validation: every check names the key, the bad value and what is allowed.
 
-`validate(cfg)` checks values alone and runs when a Config is built. `preflight(cfg)` in
-distcl.config.preflight checks the world (data files, storage, tracking server, CPUs) before Ray starts.
+`problems(cfg)` checks each value on its own against names.py and its range, adds the rules
+between keys from rules.py, and returns every problem; schema.build raises them as one
+ConfigError whenever a Config is built. Nothing here imports torch. `preflight(cfg)` in distcl.job.preflight
+checks the world (data files, storage, tracking server, CPUs) before Ray starts.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from distcl.config.schema import Config
+from distcl.config import rules
+from distcl.config.names import (
+    ARCHS,
+    DATASETS,
+    DISTANCES,
+    LOADERS,
+    LOSSES,
+    LR_SCALING,
+    METHODS,
+    MINING,
+    OPTIMIZERS,
+    PLACEMENTS,
+    PRECISIONS,
+    SPLITS,
+    STORAGE,
+    TRACKING_SCHEMES,
+)
 
-DATASETS = ("fashion_mnist", "cifar10", "cifar100", "stl10", "imagefolder", "synthetic")
-ARCHS = ("small_cnn", "resnet18", "resnet50")
-METHODS = ("simclr", "supcon", "supervised", "moco_v2", "moco_v3", "byol", "swav", "barlow")
-OPTIMIZERS = ("adamw", "sgd", "lars")
-LR_SCALING = ("none", "linear", "sqrt")
-# Splits each dataset's reader knows (distcl/data/sources.py); imagefolder: any sub-folder.
-SPLITS = {
-    "fashion_mnist": ("train", "test"),
-    "cifar10": ("train", "test"),
-    "cifar100": ("train", "test"),
-    "stl10": ("train", "test", "unlabeled", "train+unlabeled"),
-    "synthetic": ("train", "test"),
-}
-# ffcv: .beton files, compiled per-image augmentations; torchvision: a DataLoader over the raw
-# files with the same views and sharding, for machines where FFCV cannot be built (much slower)
-LOADERS = ("ffcv", "torchvision")
-STORAGE = ("raw", "jpeg", "jpg", "smart", "proportion")  # FFCV RGBImageField write modes
-PRECISIONS = ("auto", "bf16", "fp32")
-PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
-DISTANCES = ("cosine", "euclidean")
-MINING = ("batch_all", "batch_hard", "semi_hard")
-# MLflow tracking stores (mlflow.store.tracking): a server over HTTP(S), a SQLAlchemy database
-# (the part before "+" names it: postgresql+psycopg2://), Databricks, or a file store.
-TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "file")
+if TYPE_CHECKING:  # only for the annotations: schema.build imports this module
+    from distcl.config.schema import Config
 
 
 def tracking_uri_problem(uri: str, origin: str = "tracking.uri") -> str | None:
@@ -52,26 +47,6 @@ def tracking_uri_problem(uri: str, origin: str = "tracking.uri") -> str | None:
     )
 
 
-def _loss_names() -> tuple[str, ...]:
-    from distcl.losses import LOSSES
-
-    return tuple(LOSSES)
-
-
-def _label_losses() -> set[str]:
-    from distcl.losses import LOSSES
-
-    return {n for n, s in LOSSES.items() if s.needs_labels}
-
-
-def _method_names() -> tuple[str, ...]:
-    try:
-        from distcl.models.methods import METHODS as registry
-    except ImportError:
-        return METHODS
-    return tuple(registry)
-
-
 def _choice(key: str, value: str, allowed: tuple[str, ...], errors: list[str]) -> None:
     if value not in allowed:
         errors.append(f"{key}={value!r} is not one of: {', '.join(allowed)}")
@@ -82,12 +57,8 @@ def _positive(key: str, value: float, errors: list[str], hint: str = "") -> None
         errors.append(f"{key} must be > 0, got {value}" + (f" ({hint})" if hint else ""))
 
 
-def validate(cfg: Config) -> None:
-    """Raise ConfigError listing every problem in `cfg` at once."""
-    from distcl.config.schema import ConfigError
-
-    e: list[str] = []
-    d, m, lo, o, t, ev = cfg.data, cfg.model, cfg.loss, cfg.optim, cfg.train, cfg.eval
+def _data(cfg: Config, e: list[str]) -> None:
+    d = cfg.data
     _choice("data.dataset", d.dataset, DATASETS, e)
     _choice("data.loader", d.loader, LOADERS, e)
     _positive("data.resolution", d.resolution, e, "try 28 for Fashion-MNIST, 32 for CIFAR")
@@ -108,6 +79,10 @@ def validate(cfg: Config) -> None:
     _choice("data.storage", d.storage, STORAGE, e)
     if not 1 <= d.jpeg_quality <= 100:
         e.append(f"data.jpeg_quality must be in 1..100, got {d.jpeg_quality} (FFCV default 90)")
+
+
+def _model_and_loss(cfg: Config, e: list[str]) -> None:
+    m, lo = cfg.model, cfg.loss
     _choice("model.arch", m.arch, ARCHS, e)
     for key in ("width", "proj_hidden", "proj_dim"):
         _positive(f"model.{key}", getattr(m, key), e)
@@ -116,21 +91,17 @@ def validate(cfg: Config) -> None:
             f"model.blocks={m.blocks} and model.feat_dim={m.feat_dim} must be >= 0 "
             "(feat_dim=0 means 8 x model.width)"
         )
-    _choice("method.name", cfg.method.name, _method_names(), e)
-    _choice("loss.name", lo.name, _loss_names(), e)
+    _choice("method.name", cfg.method.name, METHODS, e)
+    _choice("loss.name", lo.name, LOSSES, e)
     _positive("loss.temperature", lo.temperature, e, "try 0.1 to 0.5")
     _choice("loss.distance", lo.distance, DISTANCES, e)
     _choice("loss.mining", lo.mining, MINING, e)
     if lo.margin < 0 or lo.neg_margin < 0 or lo.pos_margin < 0 or lo.l2_reg < 0:
         e.append("loss.margin, loss.pos_margin, loss.neg_margin and loss.l2_reg must be >= 0")
-    if d.dataset == "stl10" and "unlabeled" in d.split:  # labels -1 (distcl.data.native)
-        if lo.name in _label_losses():
-            e.append(f"loss.name={lo.name} needs class labels, but data.split={d.split} has none")
-        if cfg.method.name in ("supcon", "supervised"):
-            e.append(
-                f"method.name={cfg.method.name} needs class labels, but data.split={d.split} "
-                "has none (use data.split=train)"
-            )
+
+
+def _optim_and_train(cfg: Config, e: list[str]) -> None:
+    o, t = cfg.optim, cfg.train
     _choice("optim.name", o.name, OPTIMIZERS, e)
     _choice("optim.lr_scaling", o.lr_scaling, LR_SCALING, e)
     _positive("optim.lr", o.lr, e, "try 1e-3 for adamw, 0.3 for lars with linear scaling")
@@ -151,35 +122,24 @@ def validate(cfg: Config) -> None:
         e.append(f"train.time_budget_s={t.time_budget_s} is negative; use 0 (off) or seconds > 0")
     if t.keep_checkpoints < 1:
         e.append(f"train.keep_checkpoints={t.keep_checkpoints}: keep at least 1 checkpoint")
-    if t.global_batch > 0 and t.num_workers > 0:
-        per_worker = t.global_batch // t.num_workers
-        if t.global_batch % t.num_workers:
-            lo_b = t.global_batch - t.global_batch % t.num_workers
-            e.append(
-                f"train.global_batch={t.global_batch} does not divide by train.num_workers="
-                f"{t.num_workers}; use {lo_b} or {lo_b + t.num_workers}"
-            )
-        elif t.chunk_size and per_worker % t.chunk_size:
-            step = t.num_workers * t.chunk_size
-            lo_b = max(step, t.global_batch - t.global_batch % step)
-            e.append(
-                f"train.global_batch={t.global_batch} is not divisible by train.num_workers="
-                f"{t.num_workers} x train.chunk_size={t.chunk_size}; use global_batch {lo_b} or "
-                f"{lo_b + step}, or a chunk_size that divides {per_worker}"
-            )
-    if t.chunk_size and cfg.method.name not in ("simclr", "supcon"):
-        e.append(
-            f"train.chunk_size (gradient caching) works with method.name=simclr or supcon, "
-            f"not {cfg.method.name}; set train.chunk_size=0"
-        )
+
+
+def _eval_and_tracking(cfg: Config, e: list[str]) -> None:
+    ev = cfg.eval
     _positive("eval.knn_k", ev.knn_k, e)
     if ev.semi_steps < 0 or ev.tsne_points < 0:
         e.append("eval.semi_steps and eval.tsne_points must be >= 0 (0 turns them off)")
+    if ev.knn_every < 0:
+        e.append(f"eval.knn_every must be >= 0, got {ev.knn_every}")
     problem = tracking_uri_problem(cfg.tracking.uri)
     if problem:
         e.append(problem)
     _positive("tracking.system_metrics_interval", cfg.tracking.system_metrics_interval, e)
-    if ev.knn_every < 0:
-        e.append(f"eval.knn_every must be >= 0, got {ev.knn_every}")
-    if e:
-        raise ConfigError("invalid config:\n  - " + "\n  - ".join(e))
+
+
+def problems(cfg: Config) -> list[str]:
+    """Every problem in `cfg`, each value's first, then the rules between keys (rules.py)."""
+    e: list[str] = []
+    for check in (_data, _model_and_loss, _optim_and_train, _eval_and_tracking):
+        check(cfg, e)
+    return e + rules.problems(cfg)

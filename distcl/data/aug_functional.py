@@ -8,8 +8,8 @@ given instead of drawn, each returning a new array. They mirror
 
 import numpy as np
 
+from distcl.data.aug_blur import _blur_
 from distcl.data.aug_kernels import (
-    _blur_,
     _brightness_,
     _contrast_,
     _grayscale_,

@@ -26,8 +26,8 @@ from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
 from ffcv.pipeline.state import State
 
+from distcl.data.aug_blur import _blur_
 from distcl.data.aug_kernels import (
-    _blur_,
     _grayscale_,
     _jitter_,
     _luma_rounded_,

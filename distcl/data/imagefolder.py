@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distcl.data.sources import DataError
+from distcl.data.source_types import DataError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 

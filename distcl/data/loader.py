@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,43 +20,17 @@ import numpy as np
 import torch
 
 from distcl.data.beton import read_meta
+from distcl.data.recipes import ViewSpec, config_view_spec, view_recipes
 from distcl.data.sources import DataError
 
 EVAL_CROP_RATIO = 224 / 256  # centre crop of mixed-size images for evaluation (ImageNet's)
 
 
-@dataclass(frozen=True)
-class ViewSpec:
-    """How each view is augmented (per image, inside FFCV's compiled loop)."""
-
-    resolution: int
-    crop_scale_min: float = 0.2  # RandomResizedCrop scale lower bound
-    jitter: float = 0.4  # brightness and contrast magnitude
-    jitter_p: float = 0.8  # probability of each jitter per image
-    preset: str = "auto"  # a distcl.data.views preset name; auto = by resolution/channels
-
-
-def _grey_pipeline(spec: ViewSpec):
-    """Crop, flip, brightness, contrast: the calibrated recipe for 1-channel images."""
-    from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
-    from ffcv.transforms import RandomBrightness, RandomContrast, RandomHorizontalFlip
-
-    res = (spec.resolution, spec.resolution)
-    return [
-        RandomResizedCropRGBImageDecoder(res, scale=(spec.crop_scale_min, 1.0)),
-        RandomHorizontalFlip(),
-        RandomBrightness(spec.jitter, p=spec.jitter_p),
-        RandomContrast(spec.jitter, p=spec.jitter_p),
-    ]
-
-
 def view_ops(spec: ViewSpec, channels: int, n_views: int) -> list[list]:
     """Per-view FFCV op lists (decoder first), before the tensor conversion."""
-    if spec.preset in ("auto", "simclr_grey") and channels == 1:
-        return [_grey_pipeline(spec) for _ in range(n_views)]
-    from distcl.data.views import view_pipelines
+    from distcl.data.views import augment_ops
 
-    return view_pipelines(spec.preset, spec.resolution, channels, n_views=n_views, tail="none")
+    return [augment_ops(r, channels) for r in view_recipes(spec, channels, n_views)]
 
 
 def _tensor_tail():
@@ -172,7 +145,7 @@ def build_train_loader(
 ):
     """The training loader `data.loader` names (data: a config.DataConfig): FFCV over the
     `.beton` at `path`, or the torchvision fallback over the raw source. Same batches."""
-    spec = ViewSpec(data.resolution, data.crop_scale_min, data.jitter, data.jitter_p, data.preset)
+    spec = config_view_spec(data)
     if data.loader == "torchvision":
         from distcl.data.sources import load_source
         from distcl.data.torch_loader import torch_train_loader

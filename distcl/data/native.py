@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distcl.data.sources import ArraySource, ConcatSource, DataError
+from distcl.data.source_types import ArraySource, ConcatSource, DataError
 
 UNLABELED = -1  # label of STL-10's unlabeled images (and any split without labels)
 CIFAR = {

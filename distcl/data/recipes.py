@@ -8,19 +8,23 @@ Presets (names in PRESETS):
 - simclr: Chen et al. 2020, App. A: crop 0.08-1, flip, jitter (0.8s, 0.8s, 0.8s, 0.2s) p=0.8,
   greyscale p=0.2, blur p=0.5 (sigma 0.1-2, kernel 10% of the side) only at >= 96 px.
   s = 0.5 at <= 64 px (their CIFAR-10 setting, App. B.9), else 1.0.
-- simclr_grey: crop 0.2-1, flip, brightness and contrast 0.4 with p=0.8: distcl's calibrated
-  CPU recipe for 1-channel images (DESIGN.md "Measured speed": 86.8% linear probe on
-  Fashion-MNIST after 4 CPU-minutes).
+- simclr_grey (GreyRecipe): crop 0.2-1, flip, then brightness and contrast 0.4, each with
+  p=0.8 on its own (FFCV's RandomBrightness, RandomContrast): distcl's calibrated CPU recipe
+  for 1-channel images (DESIGN.md "Measured speed": 86.8% linear probe on Fashion-MNIST after
+  4 CPU-minutes). "auto" picks it for 1-channel data.
 - byol: Grill et al. 2020, Table 6: crop 0.08-1, flip, jitter (0.4, 0.4, 0.2, 0.1) p=0.8,
   greyscale 0.2; blur p=1.0 / 0.1 and solarize p=0.0 / 0.2 on views 1 / 2 (odd / even).
 - multicrop: Caron et al. 2020 (SwAV): views 0-1 global (scale 0.14-1, `resolution`), the
   rest local (scale 0.05-0.14, `local_resolution`, default resolution * 96 / 224 as SwAV's
   224/96); colour as simclr at the global resolution.
+
+`view_recipes(spec, channels, n_views)` is what both loaders read: the preset's recipes with the
+config's `data.crop_scale_min`, `data.jitter` and `data.jitter_p` applied (`ViewSpec`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 PRESETS: dict[str, str] = {
     "simclr": "Chen et al. 2020 (SimCLR), Appendix A",
@@ -32,6 +36,37 @@ SMALL_IMAGE_PX = 64  # <= this: CIFAR-size, SimCLR jitter strength 0.5 (App. B.9
 BLUR_MIN_PX = 96  # >= this: Gaussian blur on (SimCLR drops it for CIFAR, App. B.9)
 BLUR_SIGMA = (0.1, 2.0)  # Gaussian blur sigma range (SimCLR App. A)
 SOLARIZE_THRESHOLD = 128  # pixels >= this are inverted (BYOL Table 6)
+
+
+GREY_DEFAULTS = (0.2, 0.4, 0.8)  # simclr_grey: crop scale min, jitter, jitter_p (DESIGN.md)
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """The config's view settings; None keeps the preset's own value.
+
+    crop_scale_min: RandomResizedCrop lower scale of every full-range crop (multicrop's local
+    crops keep 0.05-0.14). jitter: brightness strength; the preset's contrast, saturation and
+    hue strengths scale with it (SimCLR at 32 px: 0.4 -> (0.4, 0.4, 0.4, 0.1)); 0 turns colour
+    jitter off. jitter_p: probability of colour jitter per image (grey: of each of brightness
+    and contrast).
+    """
+
+    resolution: int  # output side in pixels (multicrop: of the global views)
+    crop_scale_min: float | None = None
+    jitter: float | None = None
+    jitter_p: float | None = None
+    preset: str = "auto"  # a PRESETS name; auto = by channels (auto_preset)
+
+
+@dataclass(frozen=True)
+class GreyRecipe:
+    """distcl's calibrated 1-channel view (simclr_grey): crop, flip, brightness, contrast."""
+
+    resolution: int  # output side in pixels
+    scale: tuple[float, float]  # RandomResizedCrop area fraction range
+    jitter: float  # brightness and contrast factor range 1 +- jitter
+    p: float  # probability of brightness, and separately of contrast, per image
 
 
 @dataclass(frozen=True)
@@ -75,12 +110,13 @@ def _simclr_recipe(resolution: int, scale: tuple[float, float], at_px: int) -> R
 
 def recipes(
     preset: str, resolution: int, n_views: int, local_resolution: int | None = None
-) -> list[Recipe]:
-    """One Recipe per view for a named preset (not "auto": resolve it with auto_preset)."""
+) -> list[Recipe | GreyRecipe]:
+    """One recipe per view for a named preset (not "auto": resolve it with auto_preset)."""
     if preset == "simclr":
         return [_simclr_recipe(resolution, (0.08, 1.0), resolution)] * n_views
     if preset == "simclr_grey":
-        return [Recipe(resolution, (0.2, 1.0), jitter=(0.4, 0.4, 0.0, 0.0))] * n_views
+        scale_min, jitter, p = GREY_DEFAULTS
+        return [GreyRecipe(resolution, (scale_min, 1.0), jitter, p)] * n_views
     if preset == "byol":
         byol = dict(jitter=(0.4, 0.4, 0.2, 0.1), grey_p=0.2)
         pair = [
@@ -105,3 +141,49 @@ def check_view_args(resolution: int, channels: int, n_views: int) -> None:
         raise ValueError(f"data.resolution must be >= 8 px, got {resolution}")
     if n_views < 2:
         raise ValueError(f"n_views must be >= 2 for contrastive views, got {n_views} (try 2)")
+
+
+def _apply(recipe: Recipe | GreyRecipe, spec: ViewSpec) -> Recipe | GreyRecipe:
+    """`recipe` with the spec's non-None settings in place of the preset's own."""
+    changes: dict = {}
+    if spec.crop_scale_min is not None and recipe.scale[1] == 1.0:  # not multicrop's local
+        changes["scale"] = (spec.crop_scale_min, 1.0)
+    if isinstance(recipe, GreyRecipe):
+        if spec.jitter is not None:
+            changes["jitter"] = spec.jitter
+        if spec.jitter_p is not None:
+            changes["p"] = spec.jitter_p
+        return replace(recipe, **changes)
+    if spec.jitter is not None and recipe.jitter[0] > 0:
+        changes["jitter"] = tuple(x * spec.jitter / recipe.jitter[0] for x in recipe.jitter)
+    if spec.jitter_p is not None:
+        changes["jitter_p"] = spec.jitter_p
+    return replace(recipe, **changes)
+
+
+def view_recipes(spec: ViewSpec, channels: int, n_views: int) -> list[Recipe | GreyRecipe]:
+    """Per view, the recipe both loaders (FFCV and torchvision) apply for `spec`."""
+    check_view_args(spec.resolution, channels, n_views)
+    preset = auto_preset(spec.resolution, channels) if spec.preset == "auto" else spec.preset
+    return [_apply(r, spec) for r in recipes(preset, spec.resolution, n_views)]
+
+
+def config_view_spec(data) -> ViewSpec:
+    """The ViewSpec of `data` (a config DataConfig).
+
+    A key left at its schema default (0.2, 0.4, 0.8: the grey recipe's own values) keeps each
+    preset's own value, so an RGB preset runs its paper's recipe unless the config asks for
+    another; any other value applies to every preset. (Setting exactly the default value on
+    RGB data therefore keeps the preset's own.)
+    """
+    from distcl.config.schema import DataConfig
+
+    default = DataConfig()
+
+    def given(key: str) -> float | None:
+        value = getattr(data, key)
+        return None if value == getattr(default, key) else value
+
+    return ViewSpec(
+        data.resolution, given("crop_scale_min"), given("jitter"), given("jitter_p"), data.preset
+    )

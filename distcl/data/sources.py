@@ -4,7 +4,8 @@ Each source yields `uint8` images `H x W x C` and integer labels (-1 where a spl
 and has `name`, `split`, `num_classes`, `channels` and `len()`. The beton writer stores every
 source the same way, so the FFCV loaders never see the raw formats; the torchvision fallback
 loader reads these sources directly. Readers: Fashion-MNIST and synthetic here, CIFAR and STL-10
-in `native.py`, ImageFolder trees in `imagefolder.py`.
+in `native.py`, ImageFolder trees in `imagefolder.py`; the types they share (ArraySource,
+ConcatSource, DataError) in `source_types.py`, which every reader imports.
 """
 
 from __future__ import annotations
@@ -12,70 +13,17 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from distcl.data.source_types import ArraySource, DataError
 
 FMNIST_DEBIAN_ROOT = "/usr/share/datasets/fashion-mnist"
 FMNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-
-
-class DataError(RuntimeError):
-    """Data is missing, corrupt or does not match the config; the message says how to fix it."""
-
-
-@dataclass(frozen=True)
-class ArraySource:
-    """A whole split held in memory: images `N x H x W x C` uint8, labels `N` int64."""
-
-    name: str
-    split: str
-    images: np.ndarray
-    labels: np.ndarray
-    num_classes: int
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
-        return self.images[i], int(self.labels[i])
-
-    @property
-    def resolution(self) -> int:
-        return int(self.images.shape[1])
-
-    @property
-    def channels(self) -> int:
-        return int(self.images.shape[3])
-
-
-class ConcatSource:
-    """Several sources of one dataset end to end (e.g. STL-10 train + unlabeled)."""
-
-    def __init__(self, name: str, split: str, parts: list, num_classes: int):
-        self.name, self.split, self.parts, self.num_classes = name, split, parts, num_classes
-        self.starts = np.cumsum([0] + [len(p) for p in parts])  # parts + 1
-
-    def __len__(self) -> int:
-        return int(self.starts[-1])
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        part = int(np.searchsorted(self.starts, i, side="right")) - 1
-        return self.parts[part][i - int(self.starts[part])]
-
-    @property
-    def resolution(self) -> int:
-        return self.parts[0].resolution
-
-    @property
-    def channels(self) -> int:
-        return self.parts[0].channels
 
 
 def _stage_fashion_mnist(root: Path, cache: Path) -> Path:

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from distcl.data.recipes import view_recipes
 from distcl.data.sources import DataError
-from distcl.data.torch_views import augment, view_recipes
+from distcl.data.torch_views import augment
 
 
 class ShardSampler(Sampler):
@@ -98,7 +99,7 @@ def torch_train_loader(
 ) -> TorchTrainLoader:
     """Random-order loader of `views` augmented views of `source`; `batch_size` is per rank.
 
-    spec: a loader.ViewSpec. num_workers: DataLoader worker processes (0 = in this process);
+    spec: a recipes.ViewSpec. num_workers: DataLoader worker processes (0 = in this process);
     the training loop passes the same count it gives FFCV (data.loader_workers, else the CPUs
     Ray gives the worker). Every rank passes the same seed, so the shards are disjoint.
     """

@@ -8,51 +8,22 @@ Gaussian blur (sigma 0.1-2, kernel 10% of the side), solarization. The colour fu
 torchvision's, which `aug_kernels.py` reproduces to within one grey level. The resize differs:
 FFCV uses OpenCV's INTER_AREA, this uses antialiased bilinear interpolation.
 
-For 1-channel images with preset auto or simclr_grey, views follow `loader._grey_pipeline`:
-crop (data.crop_scale_min..1), flip, then brightness and contrast (data.jitter), each applied
-with probability data.jitter_p on its own, as FFCV's RandomBrightness and RandomContrast.
+A `GreyRecipe` (simclr_grey, auto on 1-channel data) is crop, flip, then brightness and
+contrast, each applied with probability `p` on its own, as FFCV's RandomBrightness and
+RandomContrast. Which recipe each view gets is `recipes.view_recipes`, for both loaders.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as F
 
-from distcl.data.recipes import (
-    BLUR_SIGMA,
-    SOLARIZE_THRESHOLD,
-    Recipe,
-    auto_preset,
-    blur_kernel_size,
-    check_view_args,
-    recipes,
-)
+from distcl.data.recipes import BLUR_SIGMA, SOLARIZE_THRESHOLD, GreyRecipe, Recipe, blur_kernel_size
 
 ASPECT = (3 / 4, 4 / 3)  # RandomResizedCrop aspect-ratio range (torchvision and FFCV default)
-
-
-@dataclass(frozen=True)
-class GreyRecipe:
-    """distcl's calibrated 1-channel view (loader._grey_pipeline)."""
-
-    resolution: int  # output side in pixels
-    scale: tuple[float, float]  # RandomResizedCrop area fraction range
-    jitter: float  # brightness and contrast factor range 1 +- jitter
-    p: float  # probability of brightness, and separately of contrast, per image
-
-
-def view_recipes(spec, channels: int, n_views: int) -> list[Recipe | GreyRecipe]:
-    """Per view, what the FFCV loader would do for `spec` (a loader.ViewSpec)."""
-    check_view_args(spec.resolution, channels, n_views)
-    if spec.preset in ("auto", "simclr_grey") and channels == 1:
-        grey = GreyRecipe(spec.resolution, (spec.crop_scale_min, 1.0), spec.jitter, spec.jitter_p)
-        return [grey] * n_views
-    preset = auto_preset(spec.resolution, channels) if spec.preset == "auto" else spec.preset
-    return recipes(preset, spec.resolution, n_views)
 
 
 def crop_box(

@@ -12,7 +12,9 @@ augmentations from `ffcv_ops.py`, then a tail chosen by `tail`:
   (normalise on the device; 4x less host-to-device traffic).
 - "none": stop after the augmentations (uint8 `B x H x W x C` numpy), to add your own tail.
 For channels = 1 a `ToGreyChannel` op follows the decoder (FFCV stores RGB), so every
-output has C = channels.
+output has C = channels; the grey recipe (simclr_grey, `GreyRecipe`) runs FFCV's own
+RandomBrightness and RandomContrast on the three equal stored channels and reduces to one
+channel after them (`augment_ops`, which the training loader calls without the reduction).
 
 Presets and their parameters live in `distcl.data.recipes` (no FFCV import there, so the
 torchvision fallback loader shares them).
@@ -22,7 +24,13 @@ from typing import Literal
 
 from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
 from ffcv.pipeline.operation import Operation
-from ffcv.transforms import RandomHorizontalFlip, ToTensor, ToTorchImage
+from ffcv.transforms import (
+    RandomBrightness,
+    RandomContrast,
+    RandomHorizontalFlip,
+    ToTensor,
+    ToTorchImage,
+)
 
 from distcl.data.ffcv_ops import (
     ColorJitter,
@@ -36,6 +44,7 @@ from distcl.data.recipes import (
     BLUR_SIGMA,
     PRESETS,
     SOLARIZE_THRESHOLD,
+    GreyRecipe,
     Recipe,
     auto_preset,
     blur_kernel_size,
@@ -43,18 +52,30 @@ from distcl.data.recipes import (
     recipes,
 )
 
-__all__ = ["PRESETS", "auto_preset", "blur_kernel_size", "view_pipelines", "view_resolutions"]
+__all__ = [
+    "PRESETS",
+    "augment_ops",
+    "auto_preset",
+    "blur_kernel_size",
+    "view_pipelines",
+    "view_resolutions",
+]
 
 
-def _ops(
-    recipe: Recipe,
-    channels: int,
-    tail: str,
-    mean: tuple[float, ...] | None,
-    std: tuple[float, ...] | None,
-) -> list[Operation]:
+def augment_ops(recipe: Recipe | GreyRecipe, channels: int) -> list[Operation]:
+    """The decoder and per-image augmentations of one view, before any tail.
+
+    A GreyRecipe keeps the three equal stored channels (the training loader yields 3 x H x W);
+    a Recipe reduces them to one first when channels = 1.
+    """
     res = recipe.resolution
     ops: list[Operation] = [RandomResizedCropRGBImageDecoder((res, res), scale=recipe.scale)]
+    if isinstance(recipe, GreyRecipe):
+        return ops + [
+            RandomHorizontalFlip(),
+            RandomBrightness(recipe.jitter, p=recipe.p),
+            RandomContrast(recipe.jitter, p=recipe.p),
+        ]
     if channels == 1:
         ops.append(ToGreyChannel())
     ops.append(RandomHorizontalFlip(0.5))
@@ -66,6 +87,19 @@ def _ops(
         ops.append(GaussianBlur(recipe.blur_p, *BLUR_SIGMA, blur_kernel_size(res)))
     if recipe.solarize_p > 0:
         ops.append(Solarization(recipe.solarize_p, threshold=SOLARIZE_THRESHOLD))
+    return ops
+
+
+def _ops(
+    recipe: Recipe | GreyRecipe,
+    channels: int,
+    tail: str,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+) -> list[Operation]:
+    ops = augment_ops(recipe, channels)
+    if isinstance(recipe, GreyRecipe) and channels == 1:
+        ops.append(ToGreyChannel())  # the three channels are still equal: exact
     if tail == "float":
         ops += [NormalizeToFloat(mean, std), ToTensor()]
     elif tail == "uint8":

@@ -27,6 +27,11 @@ import torch
 import yaml
 
 from distcl.config.schema import Config
+from distcl.data.beton import read_meta
+from distcl.evaluation import evaluate
+from distcl.evaluation.probe import frozen_metrics
+from distcl.models.encoders import encoder_from_config
+from distcl.runtime.precision import to_channels_last
 from distcl.tracking import core as tracking
 
 PROTOCOL = 2  # version of the probe protocol behind cached figures (2: preconditioned L-BFGS)
@@ -56,27 +61,6 @@ def split_tags(data: dict[str, Any]) -> dict[str, str]:
     return {"split": Path(data["train_eval_path"]).stem, "test_split": Path(data["test_path"]).stem}
 
 
-def frozen_metrics(
-    train_x: torch.Tensor,
-    train_y: torch.Tensor,
-    test_x: torch.Tensor,
-    test_y: torch.Tensor,
-    knn_k: int,
-    probe: bool = True,
-) -> dict[str, float]:
-    """kNN and (unless `probe` is off) linear-probe accuracy of frozen features (`N x F` train,
-    `M x F` test)."""
-    from distcl.evaluation.evaluate import knn_accuracy, linear_probe
-
-    out = {"knn_acc": knn_accuracy(train_x, train_y, test_x, test_y, k=knn_k)}
-    if probe:
-        r = linear_probe(train_x, train_y, test_x, test_y)
-        out.update({"linear_acc": r.top1, "probe_l2": r.l2})
-        if r.top5 is not None:
-            out["linear_top5"] = r.top5
-    return out
-
-
 def _filter(tags: dict[str, str]) -> str:
     return " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
 
@@ -92,8 +76,6 @@ def _lookup(uri: str, experiment: str, tags: dict[str, str], exclude: str = "") 
 
 
 def _cache_key(data: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    from distcl.data.beton import read_meta
-
     key: dict[str, Any] = {"protocol": PROTOCOL, **extra}
     for role in ("train_eval_path", "test_path"):
         meta = read_meta(Path(data[role]))
@@ -158,8 +140,6 @@ def _ensure(
 
 
 def raw_pixels(cfg: Config, data: dict[str, Any], uri: str, experiment: str) -> Baseline:
-    from distcl.evaluation import evaluate
-
     def compute() -> dict[str, float]:
         channels = data["meta"]["channels"]
         px, py = evaluate.raw_pixels(data["train_eval_path"], channels)  # N x C*H*W
@@ -173,20 +153,14 @@ def raw_pixels(cfg: Config, data: dict[str, Any], uri: str, experiment: str) -> 
 
 
 def random_init(cfg: Config, data: dict[str, Any], uri: str, experiment: str) -> Baseline:
-    from distcl.evaluation.evaluate import extract_features, frozen_feature_kwargs
-    from distcl.models.encoders import encoder_from_config
-    from distcl.runtime.precision import to_channels_last
-
     def compute() -> dict[str, float]:
         meta, m = data["meta"], cfg.model
         torch.manual_seed(cfg.train.seed)  # train.py seeds the same way before building
         encoder = to_channels_last(
             encoder_from_config(m, meta["channels"]), cfg.train.channels_last
         )
-        kw = frozen_feature_kwargs(cfg.train.precision, meta["channels"], cfg.train.use_gpu)
-        tr_x, tr_y = extract_features(encoder, data["train_eval_path"], **kw)
-        te_x, te_y = extract_features(encoder, data["test_path"], **kw)
-        return frozen_metrics(tr_x, tr_y, te_x, te_y, cfg.eval.knn_k)
+        features = evaluate.frozen_features(cfg, encoder, data, meta["channels"])
+        return frozen_metrics(*features, cfg.eval.knn_k)
 
     tags = {
         "dataset": cfg.data.dataset,

@@ -25,7 +25,12 @@ from torch import nn
 
 from distcl.config import schema as config
 from distcl.config.schema import Config, ConfigError
-from distcl.evaluation import baselines
+from distcl.data.prepare import prepare_data
+from distcl.evaluation import baselines, record
+from distcl.evaluation.evaluate import frozen_features
+from distcl.evaluation.final import load_encoder
+from distcl.evaluation.finetune import semi_supervised
+from distcl.evaluation.probe import frozen_metrics
 from distcl.runtime import checkpoint
 from distcl.tracking import core as tracking
 
@@ -69,8 +74,6 @@ def _config(flat: dict[str, Any], **overrides: Any) -> Config:
 
 def _run_encoder(uri: str, run: Any, cfg: Config) -> nn.Module:
     """The run's encoder: its checkpoint if reachable from here, else its logged MLflow model."""
-    from distcl.evaluation.final import load_encoder
-
     summary = tracking.read_artifact_text(uri, run.info.run_id, "summary.json")
     ckpt = json.loads(summary).get("checkpoint", "") if summary else ""
     if ckpt and Path(ckpt).is_dir():
@@ -86,15 +89,25 @@ def _run_encoder(uri: str, run: Any, cfg: Config) -> nn.Module:
     )
 
 
-def _features(encoder: nn.Module, data: dict[str, Any], channels: int, cfg: Config):
-    """Train and test features, computed as the run's final evaluation computes them."""
-    from distcl.evaluation.evaluate import extract_features, frozen_feature_kwargs
+def _computed_baselines(cfg: Config, data: dict[str, Any], uri: str, run_id: str) -> dict:
+    """`<baseline>_knn_acc` and `<baseline>_linear_acc` of the baselines that are not published
+    references (computed once per dataset and split, then reused)."""
+    out = {}
+    experiment = tracking.experiment_name(cfg)
+    for b in baselines.all_baselines(cfg, data, uri, experiment, exclude_run=run_id):
+        if b.kind != "reference":
+            keep = ("knn_acc", "linear_acc")
+            out.update({f"{b.name}_{k}": v for k, v in b.metrics.items() if k in keep})
+    return out
 
-    kw = frozen_feature_kwargs(cfg.train.precision, channels, cfg.train.use_gpu)
-    return (
-        *extract_features(encoder, data["train_eval_path"], **kw),
-        *extract_features(encoder, data["test_path"], **kw),
-    )
+
+def _transfer(cfg: Config, encoder: nn.Module, dataset: str) -> dict[str, float]:
+    """kNN and linear probe of the frozen encoder on dataset B's train and test splits."""
+    flat = {**cfg.to_flat(), "data.dataset": dataset, "data.split": "train", "data.max_images": 0}
+    data_b = prepare_data(_config(flat))
+    adapter = InputAdapter(encoder, in_channels(encoder), cfg.data.resolution)
+    metrics = frozen_metrics(*frozen_features(cfg, adapter, data_b, 3), cfg.eval.knn_k)
+    return {f"transfer_{dataset}_{k}": v for k, v in metrics.items()}
 
 
 def evaluate_run(
@@ -107,45 +120,26 @@ def evaluate_run(
     run_id: str = "",
     logger=None,
 ) -> dict[str, float]:
-    """The requested evaluations of `encoder`; logged to `logger` when given."""
-    from distcl.evaluation.final import semi_supervised
-    from distcl.job import prepare_data
-
+    """The requested evaluations of `encoder`, computed as the run's final evaluation computes
+    them; logged to `logger` when given."""
     out: dict[str, float] = {}
+    subsets = []
     if what & {"knn", "linear", "semi", "baselines"}:
         data = prepare_data(cfg)
-        tr_x, tr_y, te_x, te_y = _features(encoder, data, data["meta"]["channels"], cfg)
+        tr_x, tr_y, te_x, te_y = frozen_features(cfg, encoder, data, data["meta"]["channels"])
         if what & {"knn", "linear"}:
-            out.update(
-                baselines.frozen_metrics(tr_x, tr_y, te_x, te_y, cfg.eval.knn_k, "linear" in what)
-            )
+            out.update(frozen_metrics(tr_x, tr_y, te_x, te_y, cfg.eval.knn_k, "linear" in what))
         if "semi" in what:
-            out.update(semi_supervised(cfg, encoder, data, tr_y, logger))
+            semi, subsets = semi_supervised(cfg, encoder, data, tr_y)
+            out.update(semi)
         if "baselines" in what:
-            experiment = tracking.experiment_name(cfg)
-            for b in baselines.all_baselines(cfg, data, uri, experiment, exclude_run=run_id):
-                if b.kind != "reference":
-                    out.update(
-                        {
-                            f"{b.name}_{k}": v
-                            for k, v in b.metrics.items()
-                            if k in ("knn_acc", "linear_acc")
-                        }
-                    )
+            out.update(_computed_baselines(cfg, data, uri, run_id))
     if "transfer" in what:
-        flat = {
-            **cfg.to_flat(),
-            "data.dataset": dataset,
-            "data.split": "train",
-            "data.max_images": 0,
-        }
-        data_b = prepare_data(_config(flat))
-        adapter = InputAdapter(encoder, in_channels(encoder), cfg.data.resolution)
-        tr_x, tr_y, te_x, te_y = _features(adapter, data_b, 3, cfg)
-        metrics = baselines.frozen_metrics(tr_x, tr_y, te_x, te_y, cfg.eval.knn_k)
-        out.update({f"transfer_{dataset}_{k}": v for k, v in metrics.items()})
-    if logger is not None and out:
-        logger.log_metrics(out, step=cfg.train.epochs)
+        out.update(_transfer(cfg, encoder, dataset))
+    if logger is not None:
+        record.log_subsets(logger, subsets)
+        if out:
+            logger.log_metrics(out, step=cfg.train.epochs)
     return out
 
 
@@ -183,8 +177,6 @@ def main(argv: list[str]) -> int:
             run_id = args.run or state.get("mlflow_run_id", "")
             if not args.tracking_uri:  # the run's own tracking.uri, else as resolved above
                 uri = tracking.resolve_uri(cfg.tracking.uri)
-            from distcl.evaluation.final import load_encoder
-
             encoder = load_encoder(cfg, state, state["meta"])
         else:
             run = tracking.get_run(uri, args.run)

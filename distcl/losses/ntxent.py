@@ -40,7 +40,7 @@ def check_temperature(temperature: float) -> None:
 
 
 @full_precision
-def info_nce_loss(
+def ntxent_loss(
     views: Sequence[Tensor],
     labels: Tensor | None = None,
     *,
@@ -48,6 +48,8 @@ def info_nce_loss(
     chunk_size: int = 0,
 ) -> Tensor:
     """InfoNCE over V >= 2 views; positives share an id (instance, or class when labelled).
+
+    NT-Xent (SimCLR) is this function, also exported as :func:`info_nce_loss`.
 
     Args:
         views: V tensors, each ``B_local x D`` (any norm; rows are L2-normalised here).
@@ -69,16 +71,7 @@ def info_nce_loss(
     return (log_denominator - pos_logit).mean()
 
 
-@full_precision
-def ntxent_loss(
-    views: Sequence[Tensor],
-    labels: Tensor | None = None,
-    *,
-    temperature: float = 0.2,
-    chunk_size: int = 0,
-) -> Tensor:
-    """NT-Xent (SimCLR). Same as :func:`info_nce_loss`: given labels, positives are classes."""
-    return info_nce_loss(views, labels, temperature=temperature, chunk_size=chunk_size)
+info_nce_loss = ntxent_loss  # the general name: labels make the positives classes (SupCon)
 
 
 @full_precision
@@ -98,4 +91,4 @@ def supcon_loss(
             "loss.name=supcon needs class labels, got labels=None "
             "(use a labelled dataset, or loss.name=ntxent for a label-free run)"
         )
-    return info_nce_loss(views, labels, temperature=temperature, chunk_size=chunk_size)
+    return ntxent_loss(views, labels, temperature=temperature, chunk_size=chunk_size)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from distcl.models.base import Method
 from distcl.models.fp32 import fp32
 from distcl.models.heads import mlp
 from distcl.models.moco import check_two_views
@@ -48,7 +49,7 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, *, lambd: float = 0.0051) -> Tenso
     return on_diag + lambd * off_diag
 
 
-class BarlowTwins(nn.Module):
+class BarlowTwins(Method):
     """Encoder + 3-layer projector (BN on hidden layers; the output BN is the loss's global
     standardisation). hidden, dim: projector widths (paper: 8192, 8192; solo-learn CIFAR 2048).
     lambd: off-diagonal weight. scale_loss: loss multiplier (solo-learn CIFAR: 0.1).

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distcl.models.ema import MomentumMethod
+from distcl.models.base import Method
+from distcl.models.ema import Momentum, add_targets, follow_online, target_forward
 from distcl.models.fp32 import fp32
 from distcl.models.heads import mlp
 from distcl.models.moco import check_two_views
@@ -25,12 +26,12 @@ def regression_loss(p: Tensor, z: Tensor) -> Tensor:
     return (2 - 2 * F.cosine_similarity(p, z.detach(), dim=1)).mean()
 
 
-class BYOL(MomentumMethod):
+class BYOL(Method):
     """Online encoder + projector + predictor; target encoder + projector as frozen EMA copies.
 
     hidden, dim: projector (and predictor output) widths (paper: 4096 -> 256).
-    predictor_hidden: predictor hidden width (paper: 4096). momentum, momentum_final: tau_base
-    and the value it reaches at the last step.
+    predictor_hidden: predictor hidden width (paper: 4096). momentum: tau_base and the value it
+    reaches at the last step.
     """
 
     def __init__(
@@ -40,16 +41,21 @@ class BYOL(MomentumMethod):
         hidden: int,
         dim: int,
         predictor_hidden: int,
-        momentum: float,
-        momentum_final: float,
+        momentum: Momentum,
     ):
-        super().__init__(encoder, mlp(encoder.feat_dim, hidden, dim), momentum, momentum_final)
+        super().__init__()
+        # online trunk (the probes evaluate it) + projector, and their EMA targets (ema.py)
+        add_targets(self, encoder, mlp(encoder.feat_dim, hidden, dim), momentum)
         self.predictor = mlp(dim, predictor_hidden, dim)
 
     def forward(self, views: list[Tensor], labels: Tensor) -> Tensor:
         check_two_views("byol", views)
         x = torch.cat(views)  # 2B x C x H x W, one forward for both views
         p1, p2 = self.predictor(self.projector(self.encoder(x))).float().chunk(2)  # B x D
-        z1, z2 = self.target(x).float().chunk(2)  # B x D, no gradient
+        z1, z2 = target_forward(self, x).float().chunk(2)  # B x D, no gradient
         with fp32(p1):
             return regression_loss(p1, z2) + regression_loss(p2, z1)
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """The target follows the online network with the cosine momentum (section 3.2)."""
+        follow_online(self, step, total_steps)

@@ -1,5 +1,11 @@
 """Momentum (EMA) targets for MoCo and BYOL: a frozen copy updated from the online network.
 
+A method calls `add_targets` in `__init__`: it sets the online `encoder` and `projector`, their
+`frozen_copies` `target_encoder` and `target_projector`, and the schedule `momentum` (a
+`Momentum`) as its own attributes, so the state-dict keys are the method's. `target_forward`
+runs the target without gradient, and `follow_online` (the method's `after_optimizer_step`)
+calls `ema_update` with the momentum of the step.
+
 The target's parameters are `requires_grad=False`, so they get no gradient, DDP does not sync
 them and `distcl.train.optim.param_groups` leaves them out of the optimizer. They are ordinary
 submodule parameters, so `state_dict()` saves them and a resumed run restores them.
@@ -13,6 +19,8 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -29,50 +37,61 @@ def cosine_momentum(step: int, total_steps: int, base: float, final: float = 1.0
     return final - (final - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
 
 
-def frozen_copy(module: nn.Module) -> nn.Module:
-    """A deep copy of `module` whose parameters never take gradients (the EMA target)."""
-    target = copy.deepcopy(module)
-    for p in target.parameters():
-        p.requires_grad_(False)
-    return target
+def frozen_copies(*modules: nn.Module) -> tuple[nn.Module, ...]:
+    """Deep copies of `modules` whose parameters never take gradients (the EMA targets)."""
+    targets = tuple(copy.deepcopy(m) for m in modules)
+    for target in targets:
+        target.requires_grad_(False)
+    return targets
+
+
+@dataclass(frozen=True)
+class Momentum:
+    """A method's EMA momentum: tau is `base` at the first optimizer step, `final` at the last."""
+
+    base: float  # method.momentum (BYOL: 0.996, MoCo v3: 0.99)
+    final: float  # method.momentum_final (1.0 in both papers)
+
+    def __post_init__(self) -> None:
+        cosine_momentum(0, 1, self.base, self.final)  # validates the two settings now
+
+    def at(self, step: int, total_steps: int) -> float:
+        return cosine_momentum(step, total_steps, self.base, self.final)
 
 
 @torch.no_grad()
-def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """`theta_target <- m * theta_target + (1 - m) * theta_online`, parameter by parameter.
+def ema_update(targets: Sequence[nn.Module], onlines: Sequence[nn.Module], momentum: float) -> None:
+    """`theta_target <- m * theta_target + (1 - m) * theta_online` for each pair of modules,
+    parameter by parameter.
 
     Buffers (BN running statistics) are left alone: the target runs in train mode and normalises
     with batch statistics, as in the BYOL and MoCo reference code.
     """
-    t_params, o_params = list(target.parameters()), list(online.parameters())
+    t_params = [p for t in targets for p in t.parameters()]
+    o_params = [p for o in onlines for p in o.parameters()]
     if len(t_params) != len(o_params):
         raise ValueError("EMA target and online network differ in structure")
     torch._foreach_lerp_(t_params, [p.detach() for p in o_params], 1.0 - momentum)
 
 
-class MomentumMethod(nn.Module):
-    """Base of MoCo and BYOL: online encoder + projector and their frozen EMA copies.
+def add_targets(
+    method: nn.Module, encoder: nn.Module, projector: nn.Module, momentum: Momentum
+) -> None:
+    """Give the method its online `encoder` and `projector`, their frozen EMA copies
+    `target_encoder` and `target_projector`, and its `momentum` (what MoCo v2/v3 and BYOL share)."""
+    method.encoder, method.projector = encoder, projector
+    method.target_encoder, method.target_projector = frozen_copies(encoder, projector)
+    method.momentum = momentum
 
-    Subclasses add their heads and `forward`; this class owns the target and its update.
-    momentum, momentum_final: tau at the first and at the last optimizer step.
-    """
 
-    def __init__(self, encoder: nn.Module, projector: nn.Module, momentum: float, final: float):
-        super().__init__()
-        self.encoder = encoder  # the trunk the probes evaluate
-        self.projector = projector
-        self.target_encoder = frozen_copy(encoder)
-        self.target_projector = frozen_copy(projector)
-        self.momentum, self.momentum_final = momentum, final
-        cosine_momentum(0, 1, momentum, final)  # validates the two settings now
+@torch.no_grad()
+def target_forward(method: nn.Module, x: Tensor) -> Tensor:
+    """The target projections (`B x D`, no gradient) of images `x` (`B x C x H x W`)."""
+    return method.target_projector(method.target_encoder(x))
 
-    @torch.no_grad()
-    def target(self, x: Tensor) -> Tensor:
-        """Target (MoCo: key) projections `B x D` of images `B x C x H x W`, no gradient."""
-        return self.target_projector(self.target_encoder(x))
 
-    def after_optimizer_step(self, step: int, total_steps: int) -> None:
-        """EMA update of the target with the cosine momentum schedule (called by the loop)."""
-        m = cosine_momentum(step, total_steps, self.momentum, self.momentum_final)
-        ema_update(self.target_encoder, self.encoder, m)
-        ema_update(self.target_projector, self.projector, m)
+def follow_online(method: nn.Module, step: int, total_steps: int) -> None:
+    """EMA update of the target encoder and projector toward the online ones, with the momentum
+    of optimizer step `step` of `total_steps`."""
+    targets = (method.target_encoder, method.target_projector)
+    ema_update(targets, (method.encoder, method.projector), method.momentum.at(step, total_steps))

@@ -4,14 +4,14 @@
 entry point the training loop calls. SimCLR, SupCon and the supervised baseline live here; the
 methods with state (EMA targets, queues, prototypes) have one file each: moco.py, byol.py,
 swav.py, barlow.py, with the EMA target in ema.py. All state is in parameters and buffers, so a
-checkpoint of `state_dict()` restores it. Hooks the loop calls when present:
-`before_optimizer_step(epoch)` (SwAV: frozen prototypes) and
-`after_optimizer_step(step, total_steps)` (EMA updates, prototype normalisation).
+checkpoint of `state_dict()` restores it.
 
-A method is an `nn.Module` whose `forward(views, labels)` returns the scalar training loss, so
-the training loop, DDP and gradient caching treat every method alike. `encoder` is the trunk
-the probes evaluate; `embed(x)` and `criterion(embeddings, labels)` split the forward for
-gradient caching.
+Every method subclasses `Method` (base.py, imported here): `forward(views, labels)` returns the
+scalar training loss, `encoder` is the trunk the probes evaluate, and the loop calls
+`before_optimizer_step(epoch)` (SwAV: frozen prototypes) and
+`after_optimizer_step(step, total_steps)` (EMA updates, prototype normalisation) on every
+method, each a no-op unless the method overrides it. SimCLR's `embed(x)` and
+`loss_from_embeddings(z, labels)` split its forward for gradient caching.
 """
 
 from __future__ import annotations
@@ -26,14 +26,16 @@ from torch import nn
 from distcl.config.schema import Config
 from distcl.losses import build_loss, needs_labels
 from distcl.models.barlow import BarlowTwins
+from distcl.models.base import Method
 from distcl.models.byol import BYOL
+from distcl.models.ema import Momentum
 from distcl.models.encoders import encoder_from_config
 from distcl.models.heads import projection_mlp
 from distcl.models.moco import MoCoV2, MoCoV3
 from distcl.models.swav import SwAV
 
 
-class SimCLR(nn.Module):
+class SimCLR(Method):
     """SimCLR (Chen et al. 2020): encoder + projection MLP + a loss from distcl.losses.
 
     All views go through the encoder as one concatenated batch (`V*B x C x H x W`), so batch
@@ -61,7 +63,7 @@ class SimCLR(nn.Module):
         return self.loss_from_embeddings(list(z.chunk(len(views))), labels)
 
 
-class Supervised(nn.Module):
+class Supervised(Method):
     """Supervised baseline: the same encoder with a linear classifier and cross-entropy on every
     augmented view, trained with the same budget and pipeline as the self-supervised methods."""
 
@@ -76,108 +78,50 @@ class Supervised(nn.Module):
         return F.cross_entropy(logits, labels.repeat(len(views)))
 
 
-def _moco_v2(enc: nn.Module, cfg: Config, k: int) -> nn.Module:
-    m = cfg.method
-    return MoCoV2(
-        enc,
-        hidden=cfg.model.proj_hidden,
-        dim=cfg.model.proj_dim,
-        queue_size=m.queue_size,
-        temperature=m.moco_temperature,
-        momentum=m.momentum,
-        momentum_final=m.momentum_final,
-    )
+Factory = Callable[[nn.Module, Config, int], Method]  # (encoder, cfg, num_classes) -> method
 
 
-def _moco_v3(enc: nn.Module, cfg: Config, k: int) -> nn.Module:
-    m = cfg.method
-    return MoCoV3(
-        enc,
-        hidden=cfg.model.proj_hidden,
-        dim=cfg.model.proj_dim,
-        predictor_hidden=m.predictor_hidden,
-        temperature=m.moco_temperature,
-        momentum=m.momentum,
-        momentum_final=m.momentum_final,
-    )
+def _headed(cls: Callable[..., Method], ema: bool = False, **settings: str) -> Factory:
+    """Factory of `cls(encoder, hidden=model.proj_hidden, dim=model.proj_dim, **kwargs)`: each
+    keyword of `settings` takes the `method` setting it names; `ema` adds `momentum`, the
+    `Momentum` from `method.momentum` to `method.momentum_final`."""
+
+    def build(enc: nn.Module, cfg: Config, k: int) -> Method:
+        m = cfg.method
+        kwargs = {arg: getattr(m, name) for arg, name in settings.items()}
+        if ema:
+            kwargs["momentum"] = Momentum(m.momentum, m.momentum_final)
+        return cls(enc, hidden=cfg.model.proj_hidden, dim=cfg.model.proj_dim, **kwargs)
+
+    return build
 
 
-def _byol(enc: nn.Module, cfg: Config, k: int) -> nn.Module:
-    m = cfg.method
-    return BYOL(
-        enc,
-        hidden=cfg.model.proj_hidden,
-        dim=cfg.model.proj_dim,
-        predictor_hidden=m.predictor_hidden,
-        momentum=m.momentum,
-        momentum_final=m.momentum_final,
-    )
-
-
-def _swav(enc: nn.Module, cfg: Config, k: int) -> nn.Module:
-    m = cfg.method
-    return SwAV(
-        enc,
-        hidden=cfg.model.proj_hidden,
-        dim=cfg.model.proj_dim,
-        prototypes=m.swav_prototypes,
-        temperature=m.swav_temperature,
-        epsilon=m.swav_epsilon,
-        sinkhorn_iters=m.swav_sinkhorn_iters,
-        queue_size=m.swav_queue_size,
-        queue_start_epoch=m.swav_queue_start_epoch,
-        freeze_prototypes_epochs=m.freeze_prototypes_epochs,
-    )
-
-
-def _barlow(enc: nn.Module, cfg: Config, k: int) -> nn.Module:
-    m = cfg.method
-    return BarlowTwins(
-        enc,
-        hidden=cfg.model.proj_hidden,
-        dim=cfg.model.proj_dim,
-        lambd=m.barlow_lambda,
-        scale_loss=m.barlow_scale_loss,
-    )
-
+# SwAV's arguments read from the `method.swav_<argument>` settings.
+_SWAV = "prototypes temperature epsilon sinkhorn_iters queue_size queue_start_epoch".split()
+_MOCO = {"temperature": "moco_temperature"}
 
 # method.name -> factory(encoder, cfg, num_classes). The heads' widths come from model.proj_*.
-METHODS: dict[str, Callable[[nn.Module, Config, int], nn.Module]] = {
+METHODS: dict[str, Factory] = {
     "simclr": lambda enc, cfg, k: SimCLR(enc, cfg),
     "supcon": lambda enc, cfg, k: SimCLR(enc, cfg, use_labels=True),
     "supervised": lambda enc, cfg, k: Supervised(enc, k),
-    "moco_v2": _moco_v2,  # He et al. 2020 / Chen et al. 2020b: momentum encoder + key queue
-    "moco_v3": _moco_v3,  # Chen et al. 2021: momentum encoder + predictor, symmetric, no queue
-    "byol": _byol,  # Grill et al. 2020: predictor + EMA target, no negatives
-    "swav": _swav,  # Caron et al. 2020: Sinkhorn codes over prototypes, multi-crop
-    "barlow": _barlow,  # Zbontar et al. 2021: cross-correlation to the identity
+    # He et al. 2020 / Chen et al. 2020b: momentum encoder + key queue
+    "moco_v2": _headed(MoCoV2, ema=True, queue_size="queue_size", **_MOCO),
+    # Chen et al. 2021: momentum encoder + predictor, symmetric, no queue
+    "moco_v3": _headed(MoCoV3, ema=True, predictor_hidden="predictor_hidden", **_MOCO),
+    # Grill et al. 2020: predictor + EMA target, no negatives
+    "byol": _headed(BYOL, ema=True, predictor_hidden="predictor_hidden"),
+    # Caron et al. 2020: Sinkhorn codes over prototypes, multi-crop
+    "swav": _headed(
+        SwAV, freeze_prototypes_epochs="freeze_prototypes_epochs", **{a: f"swav_{a}" for a in _SWAV}
+    ),
+    # Zbontar et al. 2021: cross-correlation to the identity
+    "barlow": _headed(BarlowTwins, lambd="barlow_lambda", scale_loss="barlow_scale_loss"),
 }
-# Methods whose forward splits into embed + loss_from_embeddings (train.chunk_size > 0).
-GRADCACHE_METHODS = ("simclr", "supcon")
 
 
-def check_method_config(cfg: Config) -> None:
-    """Raise ValueError naming the setting when `cfg` asks for something a method cannot do."""
-    name = cfg.method.name
-    if name not in METHODS:
-        raise ValueError(f"method.name={name!r} is not one of: {', '.join(METHODS)}")
-    if cfg.train.chunk_size and name not in GRADCACHE_METHODS:
-        raise ValueError(
-            f"train.chunk_size={cfg.train.chunk_size} (gradient caching) works with method.name "
-            f"in {GRADCACHE_METHODS}, not {name}; set train.chunk_size=0"
-        )
-    two_views = ("moco_v2", "moco_v3", "byol", "barlow")
-    if name in two_views and cfg.data.views != 2:
-        raise ValueError(f"method.name={name} uses 2 views, got data.views={cfg.data.views}")
-    if name == "moco_v2" and cfg.method.queue_size < cfg.train.global_batch:
-        raise ValueError(
-            f"method.queue_size={cfg.method.queue_size} must be >= train.global_batch="
-            f"{cfg.train.global_batch} (MoCo v2: 65536)"
-        )
-
-
-def build_method(cfg: Config, in_channels: int, num_classes: int) -> nn.Module:
-    """The method named by `cfg.method.name`, with a fresh encoder."""
-    check_method_config(cfg)
+def build_method(cfg: Config, in_channels: int, num_classes: int) -> Method:
+    """The method named by `cfg.method.name`, with a fresh encoder. `cfg` has passed
+    distcl/config/rules.py (every built Config has), which says what each method allows."""
     encoder = encoder_from_config(cfg.model, in_channels)
     return METHODS[cfg.method.name](encoder, cfg, num_classes)

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distcl.models.ema import MomentumMethod
+from distcl.models.base import Method
+from distcl.models.ema import Momentum, add_targets, follow_online, target_forward
 from distcl.models.fp32 import fp32
 from distcl.models.heads import mlp
 from distcl.runtime import dist
@@ -92,11 +93,12 @@ def batch_contrast(q: Tensor, k: Tensor, temperature: float) -> Tensor:
     return F.cross_entropy(logits, target) * (2 * temperature)
 
 
-class MoCoV2(MomentumMethod):
+class MoCoV2(Method):
     """MoCo v2: 2-layer MLP head without BN (Chen et al. 2020b), queue of negatives.
 
     temperature: InfoNCE tau (0.2 in MoCo v2). queue_size: K, the number of negative keys
-    (65536 on ImageNet, solo-learn CIFAR: 32768).
+    (65536 on ImageNet, solo-learn CIFAR: 32768). momentum, momentum_final: the key encoder's
+    EMA momentum schedule (MoCo v2: 0.999 at every step).
     """
 
     def __init__(
@@ -107,30 +109,34 @@ class MoCoV2(MomentumMethod):
         dim: int,
         queue_size: int,
         temperature: float,
-        momentum: float,
-        momentum_final: float,
+        momentum: Momentum,
     ):
-        super().__init__(
-            encoder, mlp(encoder.feat_dim, hidden, dim, hidden_bn=False), momentum, momentum_final
-        )
+        super().__init__()
+        # query encoder (the probes evaluate it) + projector; their EMAs are the key side (ema.py)
+        add_targets(self, encoder, mlp(encoder.feat_dim, hidden, dim, hidden_bn=False), momentum)
         self.temperature = temperature
         self.queue = KeyQueue(dim, queue_size)
 
     def forward(self, views: list[Tensor], labels: Tensor) -> Tensor:
         check_two_views("moco_v2", views)
         q = F.normalize(self.projector(self.encoder(views[0])).float(), dim=1)  # B x D
-        k = F.normalize(self.target(views[1]).float(), dim=1)  # B x D
+        k = F.normalize(target_forward(self, views[1]).float(), dim=1)  # B x D, no gradient
         # The queue is cloned: enqueue writes in place and autograd saved it for backward.
         with fp32(q):
             loss = info_nce(q, k, self.queue.keys.clone(), self.temperature)
         self.queue.enqueue(k)
         return loss
 
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """The key encoder and projector follow the query side (He et al. 2020, Algorithm 1)."""
+        follow_online(self, step, total_steps)
 
-class MoCoV3(MomentumMethod):
+
+class MoCoV3(Method):
     """MoCo v3 with a ResNet (Chen et al. 2021; the reference code's ResNet heads): a 2-layer
     projector with BN on both layers (output BN without affine) and a 2-layer predictor with BN
     on its hidden layer. Loss `ctr(q1, k2) + ctr(q2, k1)` over the two views (temperature 0.2).
+    momentum: the key encoder's EMA momentum, cosine from the first (0.99) to the last step (1.0).
     """
 
     def __init__(
@@ -141,11 +147,11 @@ class MoCoV3(MomentumMethod):
         dim: int,
         predictor_hidden: int,
         temperature: float,
-        momentum: float,
-        momentum_final: float,
+        momentum: Momentum,
     ):
-        projector = mlp(encoder.feat_dim, hidden, dim, last_bn=True)
-        super().__init__(encoder, projector, momentum, momentum_final)
+        super().__init__()
+        # query encoder (the probes evaluate it) + projector; their EMAs are the key side (ema.py)
+        add_targets(self, encoder, mlp(encoder.feat_dim, hidden, dim, last_bn=True), momentum)
         self.predictor = mlp(dim, predictor_hidden, dim)
         self.temperature = temperature
 
@@ -155,7 +161,11 @@ class MoCoV3(MomentumMethod):
         # does; MoCo v3's reference runs the views separately (per-view BN statistics).
         x = torch.cat(views)
         q1, q2 = self.predictor(self.projector(self.encoder(x))).float().chunk(2)  # B x D each
-        k1, k2 = self.target(x).float().chunk(2)  # B x D each, no gradient
+        k1, k2 = target_forward(self, x).float().chunk(2)  # B x D each, no gradient
         t = self.temperature
         with fp32(q1):
             return batch_contrast(q1, k2, t) + batch_contrast(q2, k1, t)
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """The momentum update of the key encoder and projector (MoCo v3, Algorithm 1)."""
+        follow_online(self, step, total_steps)

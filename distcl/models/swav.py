@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distcl.models.base import Method
 from distcl.models.fp32 import fp32
 from distcl.models.heads import mlp
 from distcl.runtime import dist
@@ -64,7 +65,7 @@ def swapped_prediction(codes: Tensor, scores: list[Tensor], temperature: float) 
     return torch.stack(losses).mean()
 
 
-class SwAV(nn.Module):
+class SwAV(Method):
     """Encoder + 2-layer projector (BN) + prototypes (`K x D`, no bias), Caron et al. 2020.
 
     prototypes: K (3000 on ImageNet and in solo-learn CIFAR). temperature: T (0.1).
@@ -161,7 +162,8 @@ class SwAV(nn.Module):
         return torch.stack(losses).mean()
 
     def before_optimizer_step(self, epoch: int) -> None:
-        """Record the epoch; drop the prototypes' gradient while they are frozen."""
+        """Record the epoch (for the queue); drop the prototypes' gradient while they are frozen
+        (the paper's first epoch)."""
         self.epoch.fill_(epoch)
         if epoch < self.freeze_prototypes_epochs:
             self.prototypes.weight.grad = None  # the optimizer then skips them entirely

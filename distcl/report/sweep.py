@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from distcl.config.schema import build
-from distcl.sweep.space import Space
 from distcl.tracking import core as tracking
 
+# `space` below is a distcl.sweep.space.Space (params, metric, mode): the sweep stage calls
+# this module, and report may not import sweep (docs/ARCHITECTURE.md), so it is typed Any
 
-def trial_rows(grid: Any, space: Space) -> list[dict[str, Any]]:
+
+def trial_rows(grid: Any, space: Any) -> list[dict[str, Any]]:
     """One row per trial: sampled values, epochs trained, last and final metrics, status."""
     rows = []
     for res in grid:
@@ -101,7 +103,7 @@ def _close_stopped_children(rows: list[dict[str, Any]], parent) -> None:
 
 
 def report_sweep(
-    grid: Any, space: Space, state: dict[str, Any], base: dict[str, Any], parent, sweep_dir: str
+    grid: Any, space: Any, state: dict[str, Any], base: dict[str, Any], parent, sweep_dir: str
 ) -> dict[str, Any]:
     """Log the table, plot and best config to the parent run; returns the sweep summary.
     `sweep_dir` is a local folder or a storage URI (s3://, gs://)."""

@@ -36,6 +36,27 @@ def _fits(cluster: Cluster, cpus: float, gpus: int) -> int:
     return min(n, int(cluster.gpus // gpus)) if gpus else n
 
 
+def _autoscaling_plan(
+    cluster: Cluster,
+    num_workers: int,
+    cpus_per_worker: float,
+    gpus: int,
+    max_concurrent: int,
+    num_trials: int,
+) -> Plan:
+    """The requested sizes, and `max_concurrent` trials (0: what the nodes up now fit, >= 1)."""
+    per_trial = TRIAL_CPU + num_workers * cpus_per_worker
+    concurrent = max_concurrent or max(1, _fits(cluster, per_trial, gpus))
+    why = "" if max_concurrent else ": what fits now, at least 1; set it in the space for more"
+    print(
+        f"distcl: the Ray cluster autoscales ({cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs "
+        f"up now); each trial asks for train.num_workers={num_workers} workers of "
+        f"train.cpus_per_worker={cpus_per_worker:g} CPUs{' and 1 GPU' if gpus else ''}; "
+        f"running {concurrent} trial(s) at a time (max_concurrent={max_concurrent}{why})"
+    )
+    return Plan(cpus_per_worker, min(concurrent, num_trials or concurrent))
+
+
 def plan_resources(
     cluster: Cluster,
     *,
@@ -58,15 +79,9 @@ def plan_resources(
     gpus = num_workers if use_gpu else 0  # per trial
     per_trial = TRIAL_CPU + num_workers * cpus_per_worker
     if cluster.autoscaling:
-        concurrent = max_concurrent or max(1, _fits(cluster, per_trial, gpus))
-        why = "" if max_concurrent else ": what fits now, at least 1; set it in the space for more"
-        print(
-            f"distcl: the Ray cluster autoscales ({cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs "
-            f"up now); each trial asks for train.num_workers={num_workers} workers of "
-            f"train.cpus_per_worker={cpus_per_worker:g} CPUs{' and 1 GPU' if gpus else ''}; "
-            f"running {concurrent} trial(s) at a time (max_concurrent={max_concurrent}{why})"
+        return _autoscaling_plan(
+            cluster, num_workers, cpus_per_worker, gpus, max_concurrent, num_trials
         )
-        return Plan(cpus_per_worker, min(concurrent, num_trials or concurrent))
     scale_hint = "; if the cluster adds nodes on demand, pass --autoscaling"
     if gpus > cluster.gpus:
         fix = "set train.use_gpu=false"

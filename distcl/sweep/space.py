@@ -26,6 +26,17 @@ from distcl.config.schema import ConfigError, build, flatten_yaml
 
 KINDS = ("loguniform", "uniform", "choice", "grid", "randint")
 SEARCHES = ("random", "grid", "optuna")
+SPACE_KEYS = (
+    "params",
+    "search",
+    "num_samples",
+    "metric",
+    "mode",
+    "asha",
+    "max_concurrent",
+    "overrides",
+    "seed",
+)
 # Keys that change which .beton files a trial reads: the driver prepares the data once.
 DATA_KEYS = (
     "data.dataset",
@@ -131,6 +142,34 @@ def _check_param(key: str, spec: Any) -> dict[str, list]:
     return {kind: values}
 
 
+def _check_search(path: str | Path, search: str, params: dict[str, dict]) -> str:
+    if search not in SEARCHES:
+        raise ConfigError(f"space {path}: search={search!r} is not one of {SEARCHES}")
+    if search == "optuna" and any("grid" in s for s in params.values()):
+        raise ConfigError(f"space {path}: search=optuna cannot take grid params; use choice")
+    if search == "grid" and any("grid" not in s for s in params.values()):
+        raise ConfigError(f"space {path}: search=grid needs every param as {{grid: [...]}}")
+    return search
+
+
+def _check_asha(path: str | Path, asha: dict | None) -> dict | None:
+    """The ASHA settings with their defaults filled in (None: no early stopping)."""
+    if asha is None:
+        return None
+    asha = {"grace_period": 1, "reduction_factor": 3, **asha}
+    if set(asha) != {"grace_period", "reduction_factor", "max_t"}:
+        raise ConfigError(
+            f"space {path}: asha needs max_t (epochs per trial) and takes "
+            f"grace_period, reduction_factor; got {sorted(asha)}"
+        )
+    if not 1 <= asha["grace_period"] <= asha["max_t"] or asha["reduction_factor"] < 2:
+        raise ConfigError(
+            f"space {path}: asha needs 1 <= grace_period <= max_t and "
+            f"reduction_factor >= 2, got {asha}"
+        )
+    return asha
+
+
 def load_space(path: str | Path, text: str | None = None) -> Space:
     """Parse and check a space YAML (or `text`, the copy a resumed sweep stored)."""
     if text is None:
@@ -138,17 +177,7 @@ def load_space(path: str | Path, text: str | None = None) -> Space:
             raise ConfigError(f"--space {path} does not exist; see tune/README.md for the spaces")
         text = Path(path).read_text()
     doc = yaml.safe_load(text) or {}
-    unknown = set(doc) - {
-        "params",
-        "search",
-        "num_samples",
-        "metric",
-        "mode",
-        "asha",
-        "max_concurrent",
-        "overrides",
-        "seed",
-    }
+    unknown = set(doc) - set(SPACE_KEYS)
     if unknown:
         raise ConfigError(f"space {path}: unknown key(s) {sorted(unknown)}; see tune/README.md")
     params = {k: _check_param(k, v) for k, v in (doc.get("params") or {}).items()}
@@ -156,29 +185,11 @@ def load_space(path: str | Path, text: str | None = None) -> Space:
         raise ConfigError(
             f"space {path}: params is empty; add e.g. loss.temperature: {{loguniform: [0.05, 1.0]}}"
         )
-    search = doc.get("search", "random")
-    if search not in SEARCHES:
-        raise ConfigError(f"space {path}: search={search!r} is not one of {SEARCHES}")
-    if search == "optuna" and any("grid" in s for s in params.values()):
-        raise ConfigError(f"space {path}: search=optuna cannot take grid params; use choice")
-    if search == "grid" and any("grid" not in s for s in params.values()):
-        raise ConfigError(f"space {path}: search=grid needs every param as {{grid: [...]}}")
+    search = _check_search(path, doc.get("search", "random"), params)
     mode = doc.get("mode", "max")
     if mode not in ("max", "min"):
         raise ConfigError(f"space {path}: mode={mode!r} must be max or min")
-    asha = doc.get("asha")
-    if asha is not None:
-        asha = {"grace_period": 1, "reduction_factor": 3, **asha}
-        if set(asha) != {"grace_period", "reduction_factor", "max_t"}:
-            raise ConfigError(
-                f"space {path}: asha needs max_t (epochs per trial) and takes "
-                f"grace_period, reduction_factor; got {sorted(asha)}"
-            )
-        if not 1 <= asha["grace_period"] <= asha["max_t"] or asha["reduction_factor"] < 2:
-            raise ConfigError(
-                f"space {path}: asha needs 1 <= grace_period <= max_t and "
-                f"reduction_factor >= 2, got {asha}"
-            )
+    asha = _check_asha(path, doc.get("asha"))
     overrides = flatten_yaml(doc.get("overrides") or {})
     clash = set(overrides) & set(params)
     if clash:

@@ -1,14 +1,13 @@
 """What a reviewer sees in the MLflow UI: experiment kind, datasets, descriptions, registry.
 
-The second module (with tracking.py) that imports mlflow. tracking.py logs what a run measures;
-this module makes the UI show it:
+core.py logs what a run measures; this module makes the MLflow UI show it:
 
 - the experiment's kind tag, so MLflow 3 treats it as model training, not a GenAI app, and a
   shared view of its runs table that shows the accuracy columns;
 - the user, source and git commit tags MLflow's fluent API would set (Source column);
 - the `.beton`s as dataset inputs (the runs table's Dataset column);
-- the run's description (its result line against the baselines) and the experiment's
-  description (the `distcl compare` table);
+- the run's description (its result line against the baselines); the experiment's
+  description, the `distcl compare` table, is written by distcl/report/experiment.py;
 - the encoder of each finished method run as a new version of a registered model.
 
 MLflow 3.17's UI picks the view from a `workflowType` URL parameter (else the browser's last
@@ -23,17 +22,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 from typing import Any
 
-from distcl.tracking import core as tracking
+from distcl.tracking.uri import global_uri, mask_secrets
 
 KIND_TAG = "mlflow.experimentKind"  # read by the UI's experiment page (MLflow 3)
 KIND = "custom_model_development"  # the UI's "Model training" kind; GenAI is genai_development
 NOTE_TAG = "mlflow.note.content"  # a run's or experiment's description, rendered as Markdown
 UI_QUERY = "?workflowType=machine_learning"  # MLflow 3.17's UI: open the training-runs view
-MAX_NOTE = 18000  # characters; MLflow caps an experiment tag value at 20,000
 MAX_RUN_NOTE = 8000  # characters; MLflow caps a run tag value at 8,000
 _METRICS = (("linear_acc", "linear"), ("knn_acc", "kNN"))  # result key, label
 
@@ -199,7 +196,7 @@ def register_encoder(logger: Any, cfg: Any, results: dict[str, Any]) -> Any:
     tags = {k: f"{results[k]:.4f}" for k, _ in _METRICS if k in results}
     tags.update({"run_name": cfg.run_name, "loss": cfg.loss.name, "dataset": cfg.data.dataset})
     model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
-    with tracking._global_uri(logger.uri):  # a SQLite registry resolves models:/ globally
+    with global_uri(logger.uri):  # a SQLite registry resolves models:/ globally
         version = client.create_model_version(
             name,
             source=model_uri,
@@ -212,45 +209,6 @@ def register_encoder(logger: Any, cfg: Any, results: dict[str, Any]) -> Any:
     return version
 
 
-def compare_markdown(uri: str, experiment_id: str) -> tuple[str, str]:
-    """(`distcl compare`'s Markdown table of the experiment's FINISHED runs, newest first, cut
-    to the newest runs that fit in a description; a line naming the best linear accuracy)."""
-    from distcl.report import compare
-
-    columns, rows, base_rows = compare.build_table(tracking.search_runs(uri, [experiment_id]))
-    md = compare.to_markdown(columns, rows, base_rows)
-    keep = len(rows)
-    while len(md) > MAX_NOTE - 1000 and keep > 1:
-        keep = max(1, keep // 2)
-        md = compare.to_markdown(columns, rows[:keep], base_rows)
-        md += f"\n({len(rows) - keep} older runs left out: run `distcl compare` for all.)\n"
-    scored = [r for r in rows if r.get("linear") is not None]
-    if not scored:
-        return md, "no finished run with a linear probe yet"
-    best = max(scored, key=lambda r: r["linear"])
-    first = ("Δ raw_pixels", "Δ random_init", "Δ supervised")  # then the published references
-    order = sorted((c for c in columns if c.startswith("Δ")), key=lambda c: c not in first)
-    deltas = [f"{c} {best[c]:+.2f} pts" for c in order if best.get(c) is not None]
-    best_line = f"best linear probe: {best['run']} {best['linear']:.2f}%"
-    return md, best_line + (f" ({', '.join(deltas[:3])})" if deltas else "")
-
-
-def describe_experiment(uri: str, experiment_id: str, report_run_id: str = "") -> str:
-    """Write the compare table as the experiment's description (shown above its runs table,
-    first line only until expanded, so that line names the best run); with `report_run_id`,
-    link the `distcl compare` run holding the .md/.csv/.png."""
-    md, best = compare_markdown(uri, experiment_id)
-    head = f"**distcl compare**: {best}; updated {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
-    if report_run_id:
-        link = f"#/experiments/{experiment_id}/runs/{report_run_id}/artifacts{UI_QUERY}"
-        head += f"; files in the [report run's artifacts]({link})"
-    text = f"{head}\n\n{md}"
-    from mlflow.tracking import MlflowClient
-
-    MlflowClient(tracking_uri=uri).set_experiment_tag(experiment_id, NOTE_TAG, text[:MAX_NOTE])
-    return text
-
-
 def ui_link(uri: str, experiment_id: str, run_id: str = "") -> str:
     """Where a reviewer opens the run (or the experiment's runs table with the accuracy
     columns): the server's page, or how to serve a local store."""
@@ -258,7 +216,7 @@ def ui_link(uri: str, experiment_id: str, run_id: str = "") -> str:
         f"/{run_id}{UI_QUERY}" if run_id else f"{UI_QUERY}&viewStateShareKey={VIEW_KEY}"
     )
     if uri.startswith(("http://", "https://")):
-        return f"{tracking.mask_secrets(uri).rstrip('/')}/{path}"
+        return f"{mask_secrets(uri).rstrip('/')}/{path}"
     return (
         f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000, "
         f"then open http://127.0.0.1:5000/{path}"
@@ -275,13 +233,3 @@ def finish_review(logger: Any, cfg: Any, results: dict[str, Any]) -> None:
             print(f"distcl: registered the encoder as {version.name} version {version.version}")
     except Exception as exc:
         print(f"distcl: MLflow review details not logged ({type(exc).__name__}: {exc})")
-
-
-def after_run(uri: str, experiment_id: str, run_id: str) -> None:
-    """After a run FINISHED: refresh the experiment's compare table; print the run's link."""
-    try:
-        describe_experiment(uri, experiment_id)
-    except Exception as exc:
-        print(f"distcl: experiment description not updated ({type(exc).__name__}: {exc})")
-    print(f"distcl: the run in MLflow: {ui_link(uri, experiment_id, run_id)}")
-    print(f"distcl: its experiment: {ui_link(uri, experiment_id)}")

@@ -103,7 +103,8 @@ def gradcache_step(
             a module from ``distcl.losses.build_loss``. Runs once, on all embeddings, in fp32.
         views: V tensors of ``B_local x ...`` (same B_local for every view).
         labels: ``B_local`` class labels for label losses (SupCon), else None.
-        chunk_size: samples per encoder chunk, > 0; the last chunk may be smaller.
+        chunk_size: samples per encoder chunk, > 0; the last chunk may be smaller (a run's
+            train.global_batch splits into whole chunks: distcl/config/rules.py).
         no_sync: context-manager factory wrapping every pass-2 chunk but the last. Default: the
             ``no_sync`` method of ``encode`` when it has one (DDP), else none.
         bn_module: module whose BatchNorm running stats are restored after pass 1. Default:
@@ -121,8 +122,29 @@ def gradcache_step(
     if bn_module is None and isinstance(encode, nn.Module):
         bn_module = encode
 
-    # Pass 1: embeddings only, no activations kept. One RNG state per chunk, in order.
     chunks = [list(v.split(chunk_size)) for v in views]  # V lists of c x ...
+    cached, rng_states, dtypes = _embed_without_grad(encode, chunks, bn_module)
+
+    # Loss on all embeddings; gathers across ranks happen inside loss_fn.
+    reps = [z.detach().requires_grad_() for z in cached]  # V x (B_local x D) leaves
+    loss = loss_fn(reps, labels)
+    if loss.ndim != 0:
+        raise ValueError(f"gradcache loss_fn must return a scalar, got shape {tuple(loss.shape)}")
+    loss.backward()  # fills rep.grad = dL/dz and the loss's own parameter grads
+    rng_after = _rng_state()
+
+    grads = [
+        (r.grad if r.grad is not None else torch.zeros_like(r)).split(chunk_size) for r in reps
+    ]
+    _backward_through_chunks(encode, chunks, grads, rng_states, dtypes, no_sync)
+    _set_rng_state(rng_after)
+    return loss.detach()
+
+
+def _embed_without_grad(encode: Encode, chunks: list[list[Tensor]], bn_module: nn.Module | None):
+    """Pass 1: the embeddings only, no activations kept. Returns (V tensors `B_local x D` in
+    fp32, the RNG state before each chunk, each chunk's embedding dtype), chunks in order; the
+    BatchNorm running statistics of `bn_module` are left as they were."""
     rng_states, cached, dtypes = [], [], []
     bn_saved = _bn_snapshot(bn_module)
     with torch.no_grad():
@@ -136,19 +158,19 @@ def gradcache_step(
             cached.append(torch.cat(zs))  # B_local x D
     for live, saved in bn_saved:
         live.copy_(saved)
+    return cached, rng_states, dtypes
 
-    # Loss on all embeddings; gathers across ranks happen inside loss_fn.
-    reps = [z.detach().requires_grad_() for z in cached]  # V x (B_local x D) leaves
-    loss = loss_fn(reps, labels)
-    if loss.ndim != 0:
-        raise ValueError(f"gradcache loss_fn must return a scalar, got shape {tuple(loss.shape)}")
-    loss.backward()  # fills rep.grad = dL/dz and the loss's own parameter grads
-    rng_after = _rng_state()
 
-    # Pass 2: re-embed each chunk with autograd, replaying its RNG, and push dL/dz through.
-    grads = [
-        (r.grad if r.grad is not None else torch.zeros_like(r)).split(chunk_size) for r in reps
-    ]
+def _backward_through_chunks(
+    encode: Encode,
+    chunks: list[list[Tensor]],
+    grads: list[tuple[Tensor, ...]],
+    rng_states: list,
+    dtypes: list[torch.dtype],
+    no_sync: Callable[[], contextlib.AbstractContextManager] | None,
+) -> None:
+    """Pass 2: re-embed each chunk with autograd, replaying its RNG, and push `dL/dz` through;
+    every chunk but the last under `no_sync`, so DDP all-reduces once, in the last backward."""
     jobs = [(v, i) for v in range(len(chunks)) for i in range(len(chunks[v]))]
     for k, (v, i) in enumerate(jobs):
         _set_rng_state(rng_states[k])
@@ -157,43 +179,3 @@ def gradcache_step(
         with ctx:
             z = encode(chunks[v][i])  # c x D
             torch.autograd.backward(z, grads[v][i].to(dtypes[k]))
-    _set_rng_state(rng_after)
-    return loss.detach()
-
-
-def _valid_chunks(local_batch: int, chunk_size: int) -> list[int]:
-    divisors = [d for d in range(1, local_batch + 1) if local_batch % d == 0]
-    return sorted(divisors, key=lambda d: (abs(d - chunk_size), -d))[:2]
-
-
-def check_batch_divisibility(global_batch: int, world_size: int, chunk_size: int) -> None:
-    """Raise ``ValueError`` unless ``global_batch`` splits into ``world_size`` x whole chunks.
-
-    Every rank must get ``global_batch / world_size`` samples, cut into chunks of exactly
-    ``chunk_size`` (equal chunks keep per-chunk BatchNorm statistics comparable and the gathers
-    equal-sized). The message names the three numbers and the nearest valid settings.
-    """
-    for name, value in (
-        ("data.global_batch", global_batch),
-        ("world_size", world_size),
-        ("gradcache.chunk_size", chunk_size),
-    ):
-        if value <= 0:
-            raise ValueError(f"{name} must be > 0, got {value}")
-    unit = world_size * chunk_size
-    if global_batch % unit == 0:
-        return
-    lower = (global_batch // unit) * unit
-    upper = lower + unit
-    batches = " or ".join(str(b) for b in (lower, upper) if b > 0)
-    msg = (
-        f"data.global_batch={global_batch} is not divisible by world_size={world_size} x "
-        f"gradcache.chunk_size={chunk_size} = {unit}: set data.global_batch to {batches}"
-    )
-    if global_batch % world_size == 0:
-        local = global_batch // world_size
-        options = " or ".join(str(c) for c in _valid_chunks(local, chunk_size))
-        msg += f", or gradcache.chunk_size to {options} (divisors of the local batch {local})"
-    else:
-        msg += f" (it is not even divisible by world_size={world_size})"
-    raise ValueError(msg)

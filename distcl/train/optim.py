@@ -15,8 +15,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from distcl.config.names import LR_SCALING
+
 OPTIMIZERS = ("lars", "sgd", "adamw")
-LR_RULES = ("linear", "sqrt", "none")
 
 # Modules whose affine weights are normalisation scales: no weight decay, no trust ratio.
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
@@ -167,14 +168,14 @@ def scaled_lr(base_lr: float, global_batch: int, rule: str) -> float:
     if global_batch <= 0:
         raise ValueError(f"global batch must be > 0 for LR scaling, got {global_batch}")
     if not base_lr >= 0:
-        raise ValueError(f"optim.base_lr must be >= 0, got {base_lr} (try 0.3 for 'linear')")
+        raise ValueError(f"optim.lr must be >= 0, got {base_lr} (try 0.3 for 'linear')")
     if rule == "linear":
         return base_lr * global_batch / 256.0
     if rule == "sqrt":
         return base_lr * math.sqrt(global_batch)
     if rule == "none":
         return float(base_lr)
-    raise ValueError(f"optim.lr_rule must be one of {LR_RULES}, got {rule!r}")
+    raise ValueError(f"optim.lr_scaling must be one of {LR_SCALING}, got {rule!r}")
 
 
 def lr_at(

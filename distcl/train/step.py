@@ -2,7 +2,8 @@
 backward. Also the DDP wrapping the step expects (`wrap_ddp`).
 
 Plain torch only (no Ray), so the step runs in any process group, e.g. the gloo groups the
-tests spawn. The training loop (distcl.train.loop) owns the optimizer step and the method hooks.
+tests spawn. The training loop (distcl.train.loop) owns the optimizer step and the method's two
+step calls (distcl.models.base.Method).
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def train_step(
             views,
             labels,
             chunk,
-            no_sync=getattr(net, "no_sync", None) or contextlib.nullcontext,
+            no_sync=net.no_sync if isinstance(net, DDP) else contextlib.nullcontext,
             bn_module=model,
         )  # gradients are in .grad already, averaged by DDP in the last chunk's backward
     else:

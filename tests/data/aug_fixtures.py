@@ -1,8 +1,10 @@
-"""Synthetic images and a small `.beton` for the augmentation tests (ffcv_ops, views)."""
+"""Synthetic images, a small `.beton` and torchvision comparisons for the augmentation tests
+(aug_kernels, ffcv_ops, views)."""
 
 from pathlib import Path
 
 import numpy as np
+import torch
 
 
 def colourful_images(n: int, side: int, seed: int) -> np.ndarray:
@@ -34,3 +36,19 @@ def write_beton(path: Path, n: int, side: int, seed: int = 0) -> Path:
     fields = {"image": RGBImageField(write_mode="raw"), "label": IntField()}
     DatasetWriter(str(path), fields, num_workers=1).from_indexed_dataset(_Indexed())
     return path
+
+
+def tv(img: np.ndarray, fn, *args, **kwargs) -> np.ndarray:
+    """Apply a torchvision v2 functional to an H x W x C uint8 array."""
+    out = fn(torch.from_numpy(img).permute(2, 0, 1).contiguous(), *args, **kwargs)
+    return out.permute(1, 2, 0).numpy()
+
+
+def assert_close(ours: np.ndarray, ref: np.ndarray, name: str) -> None:
+    # Every kernel follows torchvision's float32 steps; what remains is summation order
+    # (separable vs 2-D blur taps), which can move a value across a rounding boundary: at
+    # most one grey level, and rarely (< 1% of values). Measured: 0 differences here.
+    diff = np.abs(ours.astype(int) - ref.astype(int))
+    assert ours.shape == ref.shape and ours.dtype == np.uint8
+    assert diff.max() <= 1, f"{name}: max |diff| {diff.max()}"
+    assert (diff > 0).mean() < 0.01, f"{name}: {(diff > 0).mean():.3%} of values differ"

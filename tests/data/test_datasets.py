@@ -197,7 +197,7 @@ def test_eval_loader_centre_crops_mixed_sizes(tree, tmp_path):
 
 
 def test_train_prepares_stl10_pretraining_and_labelled_eval_splits(raw, tmp_path):
-    from distcl.job import prepare_data
+    from distcl.data.prepare import prepare_data
 
     root, _ = raw
     overrides = [

@@ -7,7 +7,8 @@ import torch
 import torch.multiprocessing as mp
 
 from distcl.data.beton import write_beton
-from distcl.data.loader import ViewSpec, split_batch, train_loader
+from distcl.data.loader import split_batch, train_loader
+from distcl.data.recipes import ViewSpec
 from distcl.data.sources import ArraySource
 
 N = 256

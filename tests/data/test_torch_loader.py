@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from distcl.config import schema as config
-from distcl.data.loader import ViewSpec, build_train_loader, split_batch
-from distcl.data.recipes import Recipe
+from distcl.data.loader import build_train_loader, split_batch
+from distcl.data.recipes import GreyRecipe, Recipe, ViewSpec, view_recipes
 from distcl.data.sources import ArraySource, DataError, synthetic
 from distcl.data.torch_loader import ShardSampler, torch_train_loader
-from distcl.data.torch_views import GreyRecipe, crop_box, view_recipes
+from distcl.data.torch_views import crop_box
 
 from .native_fixtures import images
 

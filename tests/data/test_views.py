@@ -3,7 +3,13 @@
 import pytest
 import torch
 from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
-from ffcv.transforms import RandomHorizontalFlip, ToTensor, ToTorchImage
+from ffcv.transforms import (
+    RandomBrightness,
+    RandomContrast,
+    RandomHorizontalFlip,
+    ToTensor,
+    ToTorchImage,
+)
 
 from distcl.data.ffcv_ops import (
     ColorJitter,
@@ -13,6 +19,8 @@ from distcl.data.ffcv_ops import (
     Solarization,
     ToGreyChannel,
 )
+from distcl.data.loader import view_ops
+from distcl.data.recipes import ViewSpec
 from distcl.data.views import (
     PRESETS,
     auto_preset,
@@ -85,10 +93,14 @@ def test_simclr_imagenet_size_uses_full_strength_and_blur():
 
 def test_simclr_grey_is_the_calibrated_one_channel_recipe():
     ops = view_pipelines("auto", 28, 1)[0]
-    assert ops[0].scale == (0.2, 1.0) and isinstance(ops[1], ToGreyChannel)
-    jitter = _find(ops, ColorJitter)
-    assert jitter.strengths == (0.4, 0.4, 0.0, 0.0) and jitter.p == 0.8
-    assert _find(ops, RandomGrayscale) is None  # already grey
+    assert ops[0].scale == (0.2, 1.0) and isinstance(ops[1], RandomHorizontalFlip)
+    brightness, contrast = _find(ops, RandomBrightness), _find(ops, RandomContrast)
+    assert (brightness.magnitude, brightness.p) == (contrast.magnitude, contrast.p) == (0.4, 0.8)
+    assert _find(ops, ColorJitter) is None and _find(ops, RandomGrayscale) is None
+    assert isinstance(ops[4], ToGreyChannel)  # after the jitter, on three equal channels
+    # the training loader's ops: the same recipe, the stored three channels kept
+    loader_ops = view_ops(ViewSpec(28), 1, 2)[0]
+    assert [type(op) for op in loader_ops] == [type(op) for op in ops[:4]]
 
 
 def test_byol_views_are_asymmetric():

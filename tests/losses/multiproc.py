@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import socket
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -160,7 +161,14 @@ def rank_weights(rank: int, world: int) -> Tensor:
     return torch.arange(3 * world * 2, dtype=torch.float64).reshape(3 * world, 2) * (rank + 1)
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _record() -> dict[str, Any]:
+    """What one rank computes: every loss case and the dist helper checks."""
+    return {"cases": {c.case_id: run_case(c) for c in CASES}, "dist": dist_checks()}
+
+
+def _worker(
+    rank: int, world: int, port: int, out_dir: str, compute: Callable[[], dict[str, Any]]
+) -> None:
     torch.set_num_threads(1)
     tdist.init_process_group(
         "gloo",
@@ -170,11 +178,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         timeout=timedelta(seconds=60),
     )
     try:
-        record = {
-            "cases": {c.case_id: run_case(c) for c in CASES},
-            "dist": dist_checks(),
-        }
-        torch.save(record, Path(out_dir) / f"rank{rank}.pt")
+        torch.save(compute(), Path(out_dir) / f"rank{rank}.pt")
     finally:
         tdist.destroy_process_group()
 
@@ -185,12 +189,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def spawn_ranks(world: int, compute: Callable[[], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Spawn ``world`` gloo ranks (loopback, one thread each) that each run ``compute`` (a
+    module-level function, so it pickles); returns each rank's record, in rank order."""
+    with tempfile.TemporaryDirectory() as out_dir:
+        args = (world, _free_port(), out_dir, compute)
+        mp.spawn(_worker, args=args, nprocs=world, join=True)
+        return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
 @functools.cache
 def world_results(world: int) -> list[dict[str, Any]]:
     """Spawn ``world`` gloo ranks once per session; returns each rank's record, in rank order."""
-    with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(_worker, args=(world, _free_port(), out_dir), nprocs=world, join=True)
-        return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=False) for r in range(world)]
+    return spawn_ranks(world, _record)
 
 
 def rel_err(got: Tensor | float, want: Tensor | float) -> float:

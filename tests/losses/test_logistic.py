@@ -13,8 +13,9 @@ from torch import Tensor
 
 from distcl.losses import LogisticLoss, build_loss, sigmoid_pairwise_loss
 
-from .multiproc import cases_for, check_reference, check_world, reference_run, run_case
+from .multiproc import cases_for, reference_run
 from .properties import assert_loss_falls, assert_norm_invariant, assert_permutation_invariant
+from .reference import check_case, stacked
 
 CASES = cases_for("logistic")
 
@@ -28,9 +29,7 @@ def reference(
     **init: float,
 ) -> Tensor:
     """-log sigmoid(y * (t <z_a, z_k> + b)) over every ordered pair a != k, mean over anchors."""
-    n_views, n = len(views), views[0].shape[0]
-    z = F.normalize(torch.cat(views), dim=1)
-    ids = (torch.arange(n) if labels is None else labels).repeat(n_views)
+    z, ids = stacked(views, labels, normalize=True)
     t = log_temperature.exp()
     total = z.new_zeros(())
     for a in range(len(z)):
@@ -50,12 +49,9 @@ def _leaves(case) -> dict[str, Tensor]:
 @pytest.mark.parametrize("world", [1, 2, 4])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.case_id)
 def test_matches_reference_and_single_process(case, world):
-    single = run_case(case)
     ref = reference_run(case, reference, **_leaves(case))
     assert set(ref["param_grads"]) == {"log_temperature", "bias"}
-    check_reference(case, single, ref)
-    if world > 1:
-        check_world(case, world, single)
+    check_case(case, world, ref)
 
 
 def test_parameters_start_at_the_siglip_init_and_train():

@@ -10,17 +10,16 @@ from torch import Tensor
 
 from distcl.losses import build_loss, npair_loss
 
-from .multiproc import cases_for, check_reference, check_world, reference_run, run_case
+from .multiproc import cases_for
 from .properties import assert_loss_falls, assert_permutation_invariant
+from .reference import reference_test, stacked
 
 CASES = cases_for("npair")
 
 
 def reference(views: list[Tensor], labels: Tensor | None, *, l2_reg: float) -> Tensor:
     """Sohn's log(1 + sum_n exp(s_an - s_ap)) per (anchor, positive), inner products, + L2."""
-    n_views, n = len(views), views[0].shape[0]
-    f = torch.cat(views)
-    ids = (torch.arange(n) if labels is None else labels).repeat(n_views)
+    f, ids = stacked(views, labels, normalize=False)
     sim = f @ f.T
     total = f.new_zeros(())
     for a in range(len(f)):
@@ -32,13 +31,7 @@ def reference(views: list[Tensor], labels: Tensor | None, *, l2_reg: float) -> T
     return total / len(f) + l2_reg * reg
 
 
-@pytest.mark.parametrize("world", [1, 2, 4])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.case_id)
-def test_matches_reference_and_single_process(case, world):
-    single = run_case(case)
-    check_reference(case, single, reference_run(case, reference))
-    if world > 1:
-        check_world(case, world, single)
+test_matches_reference_and_single_process = reference_test(CASES, reference)
 
 
 def test_one_class_batch_has_only_the_regulariser():

@@ -11,8 +11,9 @@ from torch import Tensor
 
 from distcl.losses import build_loss, info_nce_loss, supcon_loss
 
-from .multiproc import cases_for, check_reference, check_world, reference_run, run_case
+from .multiproc import cases_for
 from .properties import assert_loss_falls, assert_norm_invariant, assert_permutation_invariant
+from .reference import reference_test, stacked
 
 CASES = cases_for("ntxent") + cases_for("supcon")
 
@@ -20,9 +21,7 @@ CASES = cases_for("ntxent") + cases_for("supcon")
 def reference(views: list[Tensor], labels: Tensor | None, *, temperature: float) -> Tensor:
     """Full (V*N) x (V*N) similarity matrix; for each anchor, -log softmax averaged over its
     positives (Khosla et al. 2020 L_out; SimCLR when ids are images)."""
-    n_views, n = len(views), views[0].shape[0]
-    z = torch.cat([F.normalize(v, dim=1) for v in views])
-    ids = (torch.arange(n) if labels is None else labels).repeat(n_views)
+    z, ids = stacked(views, labels, normalize=True)
     sim = z @ z.T / temperature
     total = z.new_zeros(())
     for a in range(len(z)):
@@ -33,13 +32,7 @@ def reference(views: list[Tensor], labels: Tensor | None, *, temperature: float)
     return total / len(z)
 
 
-@pytest.mark.parametrize("world", [1, 2, 4])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.case_id)
-def test_matches_reference_and_single_process(case, world):
-    single = run_case(case)
-    check_reference(case, single, reference_run(case, reference))
-    if world > 1:
-        check_world(case, world, single)
+test_matches_reference_and_single_process = reference_test(CASES, reference)
 
 
 def test_two_views_is_simclr_cross_entropy():

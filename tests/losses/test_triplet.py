@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
 from distcl.losses import build_loss, triplet_loss
 
-from .multiproc import cases_for, check_reference, check_world, reference_run, run_case
+from .multiproc import cases_for
 from .properties import assert_loss_falls, assert_norm_invariant, assert_permutation_invariant
+from .reference import pair_distance, reference_test, stacked
 
 CASES = cases_for("triplet")
 MININGS = ["batch_all", "batch_hard", "semi_hard"]
@@ -27,16 +27,9 @@ def reference(
     mining: str = "batch_hard",
 ) -> Tensor:
     """Full distance matrix entry by entry, then every anchor's triplets enumerated in Python."""
-    n_views, n = len(views), views[0].shape[0]
-    z = torch.cat(views)
-    if distance == "cosine":
-        z = F.normalize(z, dim=1)
-    ids = (torch.arange(n) if labels is None else labels).repeat(n_views)
+    z, ids = stacked(views, labels, normalize=distance == "cosine")
     k_all = range(len(z))
-    d = [
-        [1 - z[a] @ z[k] if distance == "cosine" else (z[a] - z[k]).norm() for k in k_all]
-        for a in k_all
-    ]
+    d = [[pair_distance(z, a, k, distance) for k in k_all] for a in k_all]
     total = z.new_zeros(())
     for a in k_all:
         pos = [k for k in k_all if k != a and ids[k] == ids[a]]
@@ -64,13 +57,7 @@ def reference(
     return total / len(z)
 
 
-@pytest.mark.parametrize("world", [1, 2, 4])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.case_id)
-def test_matches_reference_and_single_process(case, world):
-    single = run_case(case)
-    check_reference(case, single, reference_run(case, reference))
-    if world > 1:
-        check_world(case, world, single)
+test_matches_reference_and_single_process = reference_test(CASES, reference)
 
 
 @pytest.mark.parametrize("mining", MININGS)

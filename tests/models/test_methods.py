@@ -8,6 +8,7 @@ import torch
 
 from distcl.config import schema as config
 from distcl.data.sources import synthetic
+from distcl.models.base import Method
 from distcl.models.ema import cosine_momentum
 from distcl.models.methods import METHODS, build_method
 from distcl.train.optim import build_optimizer, param_groups
@@ -60,11 +61,9 @@ def train_steps(model, batches, steps: int, epoch: int = 1, lr: float = 1e-2) ->
         loss = model(views, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if hasattr(model, "before_optimizer_step"):
-            model.before_optimizer_step(epoch)
+        model.before_optimizer_step(epoch)
         opt.step()
-        if hasattr(model, "after_optimizer_step"):
-            model.after_optimizer_step(step, steps)
+        model.after_optimizer_step(step, steps)
         losses.append(loss.item())
     return losses
 
@@ -94,6 +93,14 @@ def test_loss_falls(name):
 
 def test_registry_lists_every_method():
     assert set(SSL) | {"supervised"} == set(METHODS)
+
+
+@pytest.mark.parametrize("name", [*SSL, "supervised"])
+def test_every_method_implements_the_interface_one_level_deep(name):
+    """The loop calls both step hooks on every method: each is a direct `Method` subclass."""
+    model = build_method(tiny_cfg(name), 1, 4)
+    assert isinstance(model, Method) and type(model).__bases__ == (Method,)
+    assert isinstance(model.encoder, torch.nn.Module)
 
 
 @pytest.mark.parametrize("name", ["moco_v2", "moco_v3", "byol"])

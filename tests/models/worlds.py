@@ -8,14 +8,9 @@ batch that the single process sees whole; data are float64 for exact comparisons
 from __future__ import annotations
 
 import functools
-import tempfile
-from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as tdist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -24,7 +19,7 @@ from distcl.models.encoders import SmallCNN
 from distcl.models.moco import KeyQueue, batch_contrast
 from distcl.models.swav import SwAV, sinkhorn, swapped_prediction
 from distcl.runtime import dist
-from tests.losses.multiproc import _free_port
+from tests.losses.multiproc import spawn_ranks
 
 N = 8  # global batch
 D = 6  # embedding width
@@ -107,24 +102,7 @@ def run_checks() -> dict[str, Any]:
     return out
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    tdist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=60),
-    )
-    try:
-        torch.save(run_checks(), Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        tdist.destroy_process_group()
-
-
 @functools.cache
 def world_results(world: int) -> list[dict[str, Any]]:
     """Spawn `world` gloo ranks once per session; each rank's record, in rank order."""
-    with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(_worker, args=(world, _free_port(), out_dir), nprocs=world, join=True)
-        return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=False) for r in range(world)]
+    return spawn_ranks(world, run_checks)

@@ -1,8 +1,11 @@
-"""One `distcl train` run from the driver's side: data, tracking, Ray Train, final evaluation.
+"""One training job end to end, from the driver's side: data, tracking, Ray Train, evaluation.
 
-Order matters: everything cheap that can be wrong (config, data files, storage, tracking server,
-CPUs) is checked before Ray starts; the MLflow run is created before the workers so its id
-survives worker restarts; the evaluation runs in the driver on the final checkpoint.
+`run_job` runs a job whose data and MLflow run are ready: Ray Train, the final evaluation in the
+driver, `summary.json` and the run's status. `distcl train` calls it through `fit`, and every
+`distcl sweep` trial calls it directly (distcl.sweep.trial.trial_fn). In `fit` order matters:
+everything cheap that can be wrong (config, data files, storage, tracking server, CPUs) is
+checked before Ray starts; the MLflow run is created before the workers so its id survives
+worker restarts; the evaluation runs in the driver on the final checkpoint.
 """
 
 from __future__ import annotations
@@ -10,11 +13,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from distcl import __version__
-from distcl.config.schema import Config, ConfigError
-from distcl.data import beton
+from distcl.config.schema import Config
+from distcl.data.prepare import prepare_data
+from distcl.report import experiment as report_experiment
 from distcl.runtime import checkpoint
 from distcl.runtime.storage import filesystem
 from distcl.tracking import core as tracking
@@ -23,35 +27,12 @@ from distcl.tracking import review as tracking_review
 RUN_FILE = "distcl_run.json"  # per run directory: the MLflow run id, so a resume logs into it
 
 
-def prepare_data(cfg: Config) -> dict[str, Any]:
-    """Write (or reuse) the train and test `.beton`s; returns their paths and the dataset facts."""
-    d = cfg.data
-    kw = {
-        "root": d.root,
-        "out": d.beton_dir,
-        "rebuild_invalid": False,
-        "download": d.download,
-        "write_mode": d.storage,
-        "max_resolution": d.max_resolution,
-        "jpeg_quality": d.jpeg_quality,
-    }
-    train_path, meta, _ = beton.prepare(d.dataset, d.split, max_images=d.max_images, **kw)
-    # kNN bank and probe need labels: STL-10's unlabeled images have none
-    eval_split = "train" if "unlabeled" in d.split else d.split
-    train_eval_path, _, _ = beton.prepare(d.dataset, eval_split, max_images=d.max_images, **kw)
-    test_path, _, _ = beton.prepare(d.dataset, "test", **kw)
-    if d.resolution > meta["resolution"]:
-        raise ConfigError(
-            f"data.resolution={d.resolution} is larger than the stored images ({meta['resolution']}"
-            f" px in {train_path}); use data.resolution<={meta['resolution']}, or re-run distcl "
-            "prepare with a larger --max-resolution"
-        )
-    return {
-        "train_path": str(train_path.resolve()),
-        "train_eval_path": str(train_eval_path.resolve()),
-        "test_path": str(test_path.resolve()),
-        "meta": {k: meta[k] for k in ("channels", "num_classes", "resolution", "count")},
-    }
+class Job(NamedTuple):
+    """What `run_job` returns."""
+
+    results: dict[str, Any]  # the final evaluation: knn_acc, linear_acc, ..., baselines
+    summary: dict[str, Any]  # results + mlflow_run_id, train_time_s, run_dir, checkpoint
+    train_metrics: dict[str, Any]  # the trainer's last report (Ray's Result.metrics)
 
 
 def _run_dir_name(cfg: Config, storage: str, resume: bool) -> str:
@@ -122,11 +103,57 @@ def _open_tracking(cfg: Config, uri: str, storage: str, name: str, data: dict):
     return logger
 
 
+def run_job(
+    cfg: Config,
+    data: dict[str, Any],
+    *,
+    uri: str,
+    logger: tracking.RunLogger | None,
+    storage: str,
+    name: str,
+    callbacks: list | None = None,
+) -> Job:
+    """Train with Ray Train into `storage/name`, evaluate the final checkpoint in the driver, and
+    close `logger`'s MLflow run (None: tracking off) with `summary.json`: FINISHED, or FAILED if
+    anything raised. `distcl train` and every sweep trial run their job through here."""
+    from distcl.evaluation.final import final_evaluation
+    from distcl.train.loop import run_trainer
+
+    loop_cfg = {
+        "config": cfg.to_flat(),
+        **data,
+        "tracking_uri": uri,
+        "mlflow_run_id": logger.run_id if logger else "",
+    }
+    try:
+        t0 = time.perf_counter()
+        result = run_trainer(cfg, loop_cfg, storage, name, callbacks=callbacks)
+        train_s = time.perf_counter() - t0
+        with result.checkpoint.as_directory() as ckpt_dir:
+            state = checkpoint.load(ckpt_dir)
+        results = final_evaluation(cfg, state, data, logger)
+    except BaseException:
+        if logger:
+            logger.end("FAILED")
+        raise
+    summary = {
+        **results,
+        "mlflow_run_id": logger.run_id if logger else "",
+        "train_time_s": train_s,
+        "run_dir": f"{storage}/{name}",
+        "checkpoint": result.checkpoint.path,
+    }
+    if logger:
+        logger.log_text(json.dumps(summary, indent=1), "summary.json")
+        logger.end("FINISHED")
+    return Job(results, summary, dict(result.metrics or {}))
+
+
 def fit(cfg: Config, *, resume: bool = False, summary_json: str | None = None) -> dict[str, Any]:
-    """Train with Ray Train, evaluate in the driver, log to MLflow; returns the summary."""
-    from distcl.config.preflight import check_local_tracking, preflight
-    from distcl.evaluation.final import final_evaluation, print_table
-    from distcl.train.loop import cluster_shape, ensure_ray, run_trainer
+    """`distcl train`: check, prepare data, open the MLflow run, `run_job`, print the table."""
+    from distcl.evaluation.final import print_table
+    from distcl.job.preflight import check_local_tracking, preflight
+    from distcl.train.loop import cluster_shape, ensure_ray
 
     uri = tracking.resolve_uri(cfg.tracking.uri)
     storage = cfg.train.storage_path
@@ -139,36 +166,11 @@ def fit(cfg: Config, *, resume: bool = False, summary_json: str | None = None) -
     nodes, fits = cluster_shape(cfg)
     check_local_tracking(cfg, uri, nodes=nodes, workers_fit_here=fits)
     logger = _open_tracking(cfg, uri, storage, name, data) if cfg.tracking.enabled else None
-    loop_cfg = {
-        "config": cfg.to_flat(),
-        **data,
-        "tracking_uri": uri,
-        "mlflow_run_id": logger.run_id if logger else "",
-    }
-    t0 = time.perf_counter()
-    try:
-        result = run_trainer(cfg, loop_cfg, storage, name)
-    except BaseException:
-        if logger:
-            logger.end("FAILED")
-        raise
-    train_s = time.perf_counter() - t0
-    with result.checkpoint.as_directory() as ckpt_dir:
-        state = checkpoint.load(ckpt_dir)
-    results = final_evaluation(cfg, state, data, logger)
-    summary = {
-        **results,
-        "mlflow_run_id": logger.run_id if logger else "",
-        "train_time_s": train_s,
-        "run_dir": f"{storage}/{name}",
-        "checkpoint": result.checkpoint.path,
-    }
+    job = run_job(cfg, data, uri=uri, logger=logger, storage=storage, name=name)
     if logger:
-        logger.log_text(json.dumps(summary, indent=1), "summary.json")
-        logger.end("FINISHED")
-        tracking_review.after_run(uri, logger.experiment_id, logger.run_id)  # compare table
-    print_table(cfg.run_name, results)
+        report_experiment.after_run(uri, logger.experiment_id, logger.run_id)  # compare table
+    print_table(cfg.run_name, job.results)
     if summary_json:
         Path(summary_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(summary_json).write_text(json.dumps(summary, indent=1))
-    return summary
+        Path(summary_json).write_text(json.dumps(job.summary, indent=1))
+    return job.summary
