@@ -10,6 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import distcl
+from tests.source import parse
 
 ROOT = Path(distcl.__file__).parent.parent
 PKG = ROOT / "distcl"
@@ -26,7 +27,7 @@ def module_name(path: Path) -> str:
 def imports_of(path: Path) -> set[str]:
     """distcl modules `path` imports anywhere (top level or inside functions); imports under
     `if TYPE_CHECKING:` are for annotations only and never run, so they are left out."""
-    found, tree = set(), ast.parse(path.read_text())
+    found, tree = set(), parse(path)
     typing_only = {
         id(n)
         for block in ast.walk(tree)
@@ -135,7 +136,7 @@ def test_no_function_over_60_lines():
     long = {}
     for f in PKG.rglob("*.py"):
         rel = str(f.relative_to(PKG))
-        for node in ast.walk(ast.parse(f.read_text())):
+        for node in ast.walk(parse(f)):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 n = node.end_lineno - node.lineno + 1
                 limit = LOOP[2] if (rel, node.name) == LOOP[:2] else MAX_FUNCTION_LINES
@@ -146,5 +147,5 @@ def test_no_function_over_60_lines():
 
 def test_every_stage_package_says_what_it_owns():
     for init in PKG.glob("*/__init__.py"):
-        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        doc = ast.get_docstring(parse(init)) or ""
         assert len(doc.split()) >= 15, f"{init.relative_to(ROOT)} needs a paragraph docstring"

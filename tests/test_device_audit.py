@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import distcl
+from tests.source import parse
 
 PKG = Path(distcl.__file__).parent
 FACTORIES = {
@@ -69,7 +70,7 @@ def factory_calls(module: str) -> Counter:
                 found[(module, ".".join(scope) or "<module>", f.attr)] += 1
             self.generic_visit(node)
 
-    Visitor().visit(ast.parse((PKG / module).read_text()))
+    Visitor().visit(parse(PKG / module))
     return found
 
 

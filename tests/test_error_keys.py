@@ -16,6 +16,7 @@ from pathlib import Path
 import distcl
 from distcl.config.schema import Config
 from distcl.sweep.space import Space
+from tests.source import parse
 
 PKG = Path(distcl.__file__).parent
 KEYS = set(Config().to_flat())
@@ -56,7 +57,7 @@ def unknown_keys(text: str) -> set[str]:
 
 def strings(path: Path):
     """(line, text) of every str constant in `path`, f-string parts included."""
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(parse(path)):
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             yield node.lineno, node.value
 

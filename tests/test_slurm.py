@@ -51,26 +51,19 @@ def _slurm_env(tmp_path: Path, bin_dir: Path, job_id: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "SLURM"))}
     submit = tmp_path / "submit"  # sbatch runs the script in the directory it was called from
     submit.mkdir()
+    allocation = """
+        SLURM_JOB_NAME=distcl SLURM_JOB_NODELIST=node[1-2] SLURM_NODELIST=node[1-2]
+        SLURM_JOB_NUM_NODES=2 SLURM_NNODES=2 SLURM_NODEID=0 SLURMD_NODENAME=node1
+        SLURM_NTASKS=2 SLURM_NTASKS_PER_NODE=1 SLURM_CPUS_PER_TASK=1 SLURM_CPUS_ON_NODE=1
+        SLURM_JOB_CPUS_PER_NODE=1(x2) SLURM_SUBMIT_HOST=login1 RAY_USAGE_STATS_ENABLED=0
+    """  # as sbatch sets them for this allocation (and Ray's usage stats off)
+    env.update(item.split("=", 1) for item in allocation.split())
     env.update(
         PATH=f"{bin_dir}:{Path(sys.executable).parent}:{env['PATH']}",
         SLURM_JOB_ID=job_id,
         SLURM_JOBID=job_id,
-        SLURM_JOB_NAME="distcl",
-        SLURM_JOB_NODELIST="node[1-2]",
-        SLURM_NODELIST="node[1-2]",
-        SLURM_JOB_NUM_NODES="2",
-        SLURM_NNODES="2",
-        SLURM_NODEID="0",
-        SLURMD_NODENAME="node1",
-        SLURM_NTASKS="2",
-        SLURM_NTASKS_PER_NODE="1",
-        SLURM_CPUS_PER_TASK="1",
-        SLURM_CPUS_ON_NODE="1",
-        SLURM_JOB_CPUS_PER_NODE="1(x2)",
         SLURM_SUBMIT_DIR=str(submit),
-        SLURM_SUBMIT_HOST="login1",
         DISTCL_SHARED=str(tmp_path / "shared"),
-        RAY_USAGE_STATS_ENABLED="0",
     )
     return env
 

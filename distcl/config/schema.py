@@ -42,9 +42,9 @@ class DataConfig:
     resolution: int = 28  # output side of each view, in pixels
     views: int = 2  # augmented views per image (2 for SimCLR)
     preset: str = "auto"  # view-augmentation preset; auto picks from resolution and channels
-    crop_scale_min: float = 0.2  # RandomResizedCrop lower scale (SimCLR: 0.08 for large images)
-    jitter: float = 0.4  # brightness/contrast strength for grey images
-    jitter_p: float = 0.8  # probability of applying jitter per image (SimCLR Appendix A)
+    crop_scale_min: float | None = None  # RandomResizedCrop lower scale; None: the preset's own
+    jitter: float | None = None  # colour-jitter strength, 0 = off; None: the preset's own
+    jitter_p: float | None = None  # chance of colour jitter per image; None: the preset's own
     loader: str = "ffcv"  # ffcv | torchvision (DataLoader over the raw files, much slower)
     loader_workers: int = 1  # FFCV threads / DataLoader processes per worker; 0 = Ray's CPUs
     max_images: int = 0  # use only the first N training images (0 = all); for tests and demos
@@ -197,6 +197,10 @@ def _section_types() -> dict[str, type]:
 
 def _coerce(key: str, raw: Any, typ: type) -> Any:
     """Turn a YAML or command-line value into the field's type, or raise ConfigError."""
+    if type(None) in typing.get_args(typ):  # `float | None`: null, none or empty is None
+        if raw is None or str(raw).strip().lower() in ("", "none", "null"):
+            return None
+        typ = typing.get_args(typ)[0]
     if isinstance(raw, str) and typ is not str:
         raw = yaml.safe_load(raw) if raw.strip() else raw
     try:  # a bool is an int to Python, but never a number here
@@ -239,11 +243,9 @@ def flatten_yaml(doc: dict[str, Any]) -> dict[str, Any]:
     """`{"train": {"epochs": 3}}` -> `{"train.epochs": 3}`; flat keys pass through."""
     flat: dict[str, Any] = {}
     for key, value in (doc or {}).items():
-        if isinstance(value, dict):
-            for sub, v in value.items():
-                flat[f"{key}.{sub}"] = v
-        else:
-            flat[key] = value
+        flat.update(
+            {f"{key}.{k}": v for k, v in value.items()} if isinstance(value, dict) else {key: value}
+        )
     return flat
 
 

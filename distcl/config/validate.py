@@ -64,11 +64,11 @@ def _data(cfg: Config, e: list[str]) -> None:
     _positive("data.resolution", d.resolution, e, "try 28 for Fashion-MNIST, 32 for CIFAR")
     if d.views < 2:
         e.append(f"data.views must be >= 2 for contrastive learning, got {d.views}")
-    if not 0 < d.crop_scale_min <= 1:
+    if d.crop_scale_min is not None and not 0 < d.crop_scale_min <= 1:
         e.append(f"data.crop_scale_min must be in (0, 1], got {d.crop_scale_min} (SimCLR: 0.08)")
-    if not 0 <= d.jitter_p <= 1:
+    if d.jitter_p is not None and not 0 <= d.jitter_p <= 1:
         e.append(f"data.jitter_p must be a probability in [0, 1], got {d.jitter_p}")
-    if d.jitter < 0:
+    if d.jitter is not None and d.jitter < 0:
         e.append(f"data.jitter must be >= 0, got {d.jitter}")
     if d.loader_workers < 0 or d.max_images < 0 or d.max_resolution < 0:
         e.append("data.loader_workers, data.max_images and data.max_resolution must be >= 0")

@@ -104,7 +104,7 @@ def train_loader(
     Build it inside the worker after the process group exists; every rank passes the same seed,
     so the shards are disjoint. `epoch` sets where a resumed run continues.
     """
-    from ffcv.loader import Loader, OrderOption
+    from ffcv.loader import OrderOption
     from ffcv.pipeline import PipelineSpec
 
     meta = read_meta(Path(path))
@@ -112,17 +112,10 @@ def train_loader(
     pipelines = {"image": ops[0] + _tensor_tail(), "label": _label_pipeline()}
     for v in range(1, views):
         pipelines[f"image_v{v + 1}"] = PipelineSpec("image", transforms=ops[v] + _tensor_tail())
-    loader = Loader(
-        str(path),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        order=OrderOption.RANDOM,
-        distributed=distributed,
-        seed=seed,
-        pipelines=pipelines,
-        drop_last=True,
-        batches_ahead=2,
-    )
+    loader = _ffcv_loader(
+        path, pipelines, batch_size, num_workers, OrderOption.RANDOM, True,
+        distributed=distributed, seed=seed,
+    )  # fmt: skip
     loader.next_epoch = epoch
     if len(loader) == 0:
         raise DataError(
@@ -185,7 +178,7 @@ def eval_loader(
     shorter side) and resized to the sidecar's `resolution`.
     """
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, SimpleRGBImageDecoder
-    from ffcv.loader import Loader, OrderOption
+    from ffcv.loader import OrderOption
 
     meta = read_meta(Path(path))
     if meta.get("uniform", True):
@@ -194,16 +187,19 @@ def eval_loader(
         side = meta["resolution"]
         decoder = CenterCropRGBImageDecoder((side, side), ratio=EVAL_CROP_RATIO)
     pipelines = {"image": [decoder, *_tensor_tail()], "label": _label_pipeline()}
-    return Loader(
-        str(path),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        order=OrderOption.SEQUENTIAL,
-        indices=indices,
-        pipelines=pipelines,
-        drop_last=False,
-        batches_ahead=2,
+    return _ffcv_loader(
+        path, pipelines, batch_size, num_workers, OrderOption.SEQUENTIAL, False, indices=indices
     )
+
+
+def _ffcv_loader(path, pipelines, batch_size, num_workers, order, drop_last, **extra):
+    """FFCV's Loader over `path` with two batches prepared ahead (their memory is pinned)."""
+    from ffcv.loader import Loader
+
+    return Loader(
+        str(path), batch_size=batch_size, num_workers=num_workers, order=order,
+        pipelines=pipelines, drop_last=drop_last, batches_ahead=2, **extra,
+    )  # fmt: skip
 
 
 def split_batch(batch) -> tuple[list[torch.Tensor], torch.Tensor]:

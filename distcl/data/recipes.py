@@ -169,21 +169,6 @@ def view_recipes(spec: ViewSpec, channels: int, n_views: int) -> list[Recipe | G
 
 
 def config_view_spec(data) -> ViewSpec:
-    """The ViewSpec of `data` (a config DataConfig).
-
-    A key left at its schema default (0.2, 0.4, 0.8: the grey recipe's own values) keeps each
-    preset's own value, so an RGB preset runs its paper's recipe unless the config asks for
-    another; any other value applies to every preset. (Setting exactly the default value on
-    RGB data therefore keeps the preset's own.)
-    """
-    from distcl.config.schema import DataConfig
-
-    default = DataConfig()
-
-    def given(key: str) -> float | None:
-        value = getattr(data, key)
-        return None if value == getattr(default, key) else value
-
-    return ViewSpec(
-        data.resolution, given("crop_scale_min"), given("jitter"), given("jitter_p"), data.preset
-    )
+    """The ViewSpec of `data` (a config DataConfig): its view keys as given, None where the
+    config leaves the preset's own value."""
+    return ViewSpec(data.resolution, data.crop_scale_min, data.jitter, data.jitter_p, data.preset)

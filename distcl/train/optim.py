@@ -85,14 +85,8 @@ class LARS(torch.optim.Optimizer):
             )
         if not eps >= 0.0:
             raise ValueError(f"LARS eps must be >= 0, got {eps} (try 1e-8)")
-        defaults = dict(
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            trust_coefficient=trust_coefficient,
-            eps=eps,
-            lars_exclude=False,
-        )
+        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
+        defaults |= {"trust_coefficient": trust_coefficient, "eps": eps, "lars_exclude": False}
         super().__init__(params, defaults)
 
     @torch.no_grad()

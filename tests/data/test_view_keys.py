@@ -113,3 +113,17 @@ def test_rgb_views_follow_the_keys(loader, source, beton):
     assert fraction()[0] < 0.05  # the preset's crops and jitter change nearly every view
     assert fraction(jitter=0.0)[0] < 0.05  # crops alone change them
     assert fraction(crop_scale_min=1.0, jitter=0.4, jitter_p=1.0)[0] < 0.05  # jitter alone
+
+
+def test_a_value_equal_to_the_grey_default_is_honoured_on_rgb():
+    """0.2 on a CIFAR preset is the user's value, not "keep the preset's 0.08"; null keeps it."""
+    from distcl.config import schema
+
+    cfg = schema.build(
+        {"data.resolution": 32, "data.preset": "simclr", "data.crop_scale_min": "0.2"}
+        | {"data.jitter": "null", "data.jitter_p": 0.8}
+    )
+    spec = config_view_spec(cfg.data)
+    assert (spec.crop_scale_min, spec.jitter, spec.jitter_p) == (0.2, None, 0.8)
+    recipe = view_recipes(spec, 3, 2)[0]
+    assert recipe.scale == (0.2, 1.0) and recipe.jitter == (0.4, 0.4, 0.4, 0.1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import Tensor, nn
 
 LossFn = Callable[[Sequence[Tensor], Tensor | None], Tensor]
@@ -60,3 +62,17 @@ def assert_loss_falls(
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.9 * losses[0], f"loss did not fall: {losses}"
+
+
+def invariance_test(loss_fn: LossFn, *, norm: bool) -> Callable[..., None]:
+    """A hypothesis test over random batches of 2-3 views, with and without labels: the loss is
+    unchanged when the batch is permuted and, where `norm`, when embeddings are rescaled."""
+
+    @settings(max_examples=20, deadline=None)
+    @given(seed=st.integers(0, 2**30), n_views=st.integers(2, 3), labelled=st.booleans())
+    def test(seed: int, n_views: int, labelled: bool) -> None:
+        assert_permutation_invariant(loss_fn, seed, n_views, labelled)
+        if norm:
+            assert_norm_invariant(loss_fn, seed, n_views, labelled)
+
+    return test

@@ -14,7 +14,10 @@ from torch import Tensor
 from distcl.losses import LogisticLoss, build_loss, sigmoid_pairwise_loss
 
 from .multiproc import cases_for, reference_run
-from .properties import assert_loss_falls, assert_norm_invariant, assert_permutation_invariant
+from .properties import (
+    assert_loss_falls,
+    invariance_test,
+)
 from .reference import check_case, stacked
 
 CASES = cases_for("logistic")
@@ -77,14 +80,12 @@ def test_bad_temperature_init_is_named():
         build_loss("logistic", sigmoid_t_init=0)
 
 
-@settings(max_examples=20, deadline=None)
-@given(seed=st.integers(0, 2**30), n_views=st.integers(2, 3), labelled=st.booleans())
-def test_permutation_and_norm_invariance(seed, n_views, labelled):
-    def loss_fn(views, labels):
-        return sigmoid_pairwise_loss(views, labels, log_temperature=math.log(10.0), bias=-5.0)
-
-    assert_permutation_invariant(loss_fn, seed, n_views, labelled)
-    assert_norm_invariant(loss_fn, seed, n_views, labelled)
+test_permutation_and_norm_invariance = invariance_test(
+    lambda views, labels: sigmoid_pairwise_loss(
+        views, labels, log_temperature=math.log(10.0), bias=-5.0
+    ),
+    norm=True,
+)
 
 
 @settings(max_examples=5, deadline=None)

@@ -12,7 +12,10 @@ from torch import Tensor
 from distcl.losses import build_loss, info_nce_loss, supcon_loss
 
 from .multiproc import cases_for
-from .properties import assert_loss_falls, assert_norm_invariant, assert_permutation_invariant
+from .properties import (
+    assert_loss_falls,
+    invariance_test,
+)
 from .reference import reference_test, stacked
 
 CASES = cases_for("ntxent") + cases_for("supcon")
@@ -71,14 +74,9 @@ def test_float32_large_batch_is_finite_at_low_temperature():
     assert torch.isfinite(loss) and all(torch.isfinite(v.grad).all() for v in views)
 
 
-@settings(max_examples=20, deadline=None)
-@given(seed=st.integers(0, 2**30), n_views=st.integers(2, 3), labelled=st.booleans())
-def test_permutation_and_norm_invariance(seed, n_views, labelled):
-    def loss_fn(views, labels):
-        return info_nce_loss(views, labels, temperature=0.3)
-
-    assert_permutation_invariant(loss_fn, seed, n_views, labelled)
-    assert_norm_invariant(loss_fn, seed, n_views, labelled)
+test_permutation_and_norm_invariance = invariance_test(
+    lambda views, labels: info_nce_loss(views, labels, temperature=0.3), norm=True
+)
 
 
 @settings(max_examples=5, deadline=None)

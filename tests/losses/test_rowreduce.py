@@ -41,16 +41,9 @@ def test_values_and_gradients_match_direct(kind, chunk_size):
     anchors, columns, scale, bias, self_index, a_ids, c_ids = _inputs(seed=chunk_size)
     weights = torch.linspace(0.5, 2.0, anchors.shape[0], dtype=torch.float64)
     leaves = (anchors, columns, scale, bias)
+    ids = {"anchor_ids": a_ids, "column_ids": c_ids, "chunk_size": chunk_size}
     got = similarity_row_reduce(
-        anchors,
-        columns,
-        self_index,
-        scale=scale,
-        bias=bias,
-        kind=kind,
-        anchor_ids=a_ids,
-        column_ids=c_ids,
-        chunk_size=chunk_size,
+        anchors, columns, self_index, scale=scale, bias=bias, kind=kind, **ids
     )
     want = _direct(kind, anchors, columns, scale, bias, self_index, a_ids, c_ids)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
