@@ -4,17 +4,18 @@ On CPython 3.11.7, `ast.parse` failed now and then in the full suite with "Syste
 constructor recursion depth mismatch" after tests that compile FFCV pipelines: their numba
 dispatchers are collected with finalizers that raise (printed as "Exception ignored in
 <finalize object>"), and a collection that lands while the AST objects are being built leaves
-the constructor's depth count off. Collecting first and pausing the collector avoids it."""
+the constructor's depth count off. Pausing the collector while parsing avoids it."""
 
 from __future__ import annotations
 
 import ast
+import functools
 import gc
 from pathlib import Path
 
 
-def parse(path: Path) -> ast.Module:
-    gc.collect()
+@functools.cache
+def _parse(path: Path, mtime_ns: int) -> ast.Module:
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -22,3 +23,8 @@ def parse(path: Path) -> ast.Module:
     finally:
         if enabled:
             gc.enable()
+
+
+def parse(path: Path) -> ast.Module:
+    """The module's AST (parsed once per file version; callers must not modify it)."""
+    return _parse(Path(path), Path(path).stat().st_mtime_ns)

@@ -30,43 +30,17 @@ def store(tmp_path_factory):
     uri = f"sqlite:///{tmp_path_factory.mktemp('compare')}/mlflow.db"
     arch = {"arch": "small_cnn-w16", **SPLIT}
     baseline = {"role": "baseline"}
-    rows = {  # key: (run name, tags, metrics, params)
-        "a": (
-            "simclr-ntxent-b512",
-            {"role": "method", "method": "simclr", "loss": "ntxent", **arch},
-            {"knn_acc": 0.85, "linear_acc": 0.87, "semi_1pct_acc": 0.70, "semi_10pct_acc": 0.80},
-            {"train.global_batch": 512, "loss.temperature": 0.3},
-        ),
-        "b": (
-            "supcon-b256",
-            {"role": "method", "method": "supcon", "loss": "supcon"}
-            | {"arch": "resnet18-cifar-stem", **SPLIT},
-            {"knn_acc": 0.88, "linear_acc": 0.90},
-            {"train.global_batch": 256, "loss.temperature": 0.1},
-        ),
-        "raw": (
-            "baseline-raw_pixels",
-            baseline | {"baseline": "raw_pixels", "dataset": "fashion_mnist", **SPLIT},
-            {"knn_acc": 0.84, "linear_acc": 0.844},
-        ),
-        "rand": (
-            "baseline-random_init",
-            baseline | {"baseline": "random_init", **arch},
-            {"knn_acc": 0.78, "linear_acc": 0.80},
-        ),
-        "sup": (
-            "supervised-ce-b512",
-            baseline | {"baseline": "supervised", "method": "supervised", **arch},
-            {"knn_acc": 0.90, "linear_acc": 0.915},
-        ),
-        "ref": (
-            "reference-human",
-            baseline
-            | {"baseline": "reference", "reference": "human", "metric": "linear_acc"}
-            | {"source": "README"},
-            {"linear_acc": 0.835},
-        ),
-    }
+    rows = {  # key: (run name, tags, metrics[, params]), one run a line
+        "a": ("simclr-ntxent-b512", {"role": "method", "method": "simclr", "loss": "ntxent", **arch},
+              {"knn_acc": 0.85, "linear_acc": 0.87, "semi_1pct_acc": 0.70, "semi_10pct_acc": 0.80},
+              {"train.global_batch": 512, "loss.temperature": 0.3}),
+        "b": ("supcon-b256", {"role": "method", "method": "supcon", "loss": "supcon", "arch": "resnet18-cifar-stem", **SPLIT},
+              {"knn_acc": 0.88, "linear_acc": 0.90}, {"train.global_batch": 256, "loss.temperature": 0.1}),
+        "raw": ("baseline-raw_pixels", baseline | {"baseline": "raw_pixels", "dataset": "fashion_mnist", **SPLIT}, {"knn_acc": 0.84, "linear_acc": 0.844}),
+        "rand": ("baseline-random_init", baseline | {"baseline": "random_init", **arch}, {"knn_acc": 0.78, "linear_acc": 0.80}),
+        "sup": ("supervised-ce-b512", baseline | {"baseline": "supervised", "method": "supervised", **arch}, {"knn_acc": 0.90, "linear_acc": 0.915}),
+        "ref": ("reference-human", baseline | {"baseline": "reference", "reference": "human", "metric": "linear_acc", "source": "README"}, {"linear_acc": 0.835}),
+    }  # fmt: skip
     ids = {key: _run(uri, *row) for key, row in rows.items()}
     _run(uri, "compare-old", {"role": "report"}, {"linear_acc": 0.1})  # never a table row
     _run(

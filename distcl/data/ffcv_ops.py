@@ -42,9 +42,16 @@ def _check_p(name: str, p: float) -> float:
     return float(p)
 
 
-def _in_place_state(previous_state: State) -> tuple[State, None]:
-    """Same shape and dtype, compiled stage, no new buffer (the op writes into its input)."""
+def _in_place_state(self: Operation, previous_state: State) -> tuple[State, None]:
+    """`declare_state_and_memory` of an op that writes into its input: same shape and dtype,
+    compiled stage, no new buffer."""
     return replace(previous_state, jit_mode=True), None
+
+
+def _parallel(kernel: Callable) -> Callable:
+    """Mark a per-batch kernel whose loop over images FFCV may run in parallel."""
+    kernel.is_parallel = True
+    return kernel
 
 
 class ColorJitter(Operation):
@@ -100,11 +107,9 @@ class ColorJitter(Operation):
                     )
             return images
 
-        color_jitter.is_parallel = True
-        return color_jitter
+        return _parallel(color_jitter)
 
-    def declare_state_and_memory(self, previous_state: State) -> tuple[State, None]:
-        return _in_place_state(previous_state)
+    declare_state_and_memory = _in_place_state
 
 
 class RandomGrayscale(Operation):
@@ -126,11 +131,9 @@ class RandomGrayscale(Operation):
                     _grayscale_(images[i])
             return images
 
-        grayscale.is_parallel = True
-        return grayscale
+        return _parallel(grayscale)
 
-    def declare_state_and_memory(self, previous_state: State) -> tuple[State, None]:
-        return _in_place_state(previous_state)
+    declare_state_and_memory = _in_place_state
 
 
 class GaussianBlur(Operation):
@@ -171,11 +174,9 @@ class GaussianBlur(Operation):
                     _blur_(images[i], sigma[i], ksize)
             return images
 
-        blur.is_parallel = True
-        return blur
+        return _parallel(blur)
 
-    def declare_state_and_memory(self, previous_state: State) -> tuple[State, None]:
-        return _in_place_state(previous_state)
+    declare_state_and_memory = _in_place_state
 
 
 class Solarization(Operation):
@@ -202,11 +203,9 @@ class Solarization(Operation):
                     _solarize_(images[i], threshold)
             return images
 
-        solarize.is_parallel = True
-        return solarize
+        return _parallel(solarize)
 
-    def declare_state_and_memory(self, previous_state: State) -> tuple[State, None]:
-        return _in_place_state(previous_state)
+    declare_state_and_memory = _in_place_state
 
 
 class ToGreyChannel(Operation):
@@ -222,8 +221,7 @@ class ToGreyChannel(Operation):
                 _luma_rounded_(images[i], dst[i])
             return dst
 
-        to_grey.is_parallel = True
-        return to_grey
+        return _parallel(to_grey)
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
         h, w, c = previous_state.shape
@@ -257,8 +255,7 @@ class NormalizeToFloat(Operation):
                 _to_chw_float_(images[i], dst[i], table)  # H x W x C -> C x H x W
             return dst
 
-        normalize.is_parallel = True
-        return normalize
+        return _parallel(normalize)
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
         h, w, c = previous_state.shape

@@ -8,7 +8,7 @@ import torchvision.transforms.v2.functional as TF
 from ffcv.pipeline.compiler import Compiler
 from numba import njit
 
-from distcl.data import ffcv_ops as ops
+from distcl.data import ffcv_ops as fops
 
 from .aug_fixtures import assert_close, colourful_images, tv, write_beton
 
@@ -44,7 +44,7 @@ def _state(shape):
 
 @njit
 def _jitter_draws(n, b, c, s, h, p, seed):
-    """The draws ops.ColorJitter makes, in its order (white-box: replays the op's generator)."""
+    """The draws ColorJitter makes, in its order (white-box: replays the op's generator)."""
     np.random.seed(seed)
     apply = np.random.rand(n) < p
     bright = np.random.uniform(max(0.0, 1.0 - b), 1.0 + b, n)
@@ -58,7 +58,7 @@ def _jitter_draws(n, b, c, s, h, p, seed):
 def test_color_jitter_applies_torchvision_ops_in_a_random_order_per_image():
     strengths = (0.8, 0.8, 0.8, 0.2)
     imgs = colourful_images(64, 20, seed=1)  # 64 x 20 x 20 x 3
-    fn = _compiled(ops.ColorJitter(*strengths, p=0.8), imgs.shape[1:])
+    fn = _compiled(fops.ColorJitter(*strengths, p=0.8), imgs.shape[1:])
     _seed_numba(123)
     out = fn(imgs.copy(), None)
     apply, bright, contr, satur, hue, keys = _jitter_draws(len(imgs), *strengths, 0.8, 123)
@@ -89,7 +89,7 @@ def test_gaussian_blur_op_draws_one_sigma_per_image():
         np.random.seed(seed)
         return np.random.rand(n) < 0.5, np.random.uniform(0.1, 2.0, n)
 
-    fn = _compiled(ops.GaussianBlur(0.5, 0.1, 2.0, kernel_size=5), imgs.shape[1:])
+    fn = _compiled(fops.GaussianBlur(0.5, 0.1, 2.0, kernel_size=5), imgs.shape[1:])
     _seed_numba(7)
     out = fn(imgs.copy(), None)
     apply, sigma = draws(len(imgs), 7)
@@ -108,10 +108,10 @@ def _changed(op, imgs: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize(
     "op",
     [
-        ops.ColorJitter(brightness=1.0, p=0.3),  # factor in [0, 2]: 200 unchanged only for f<1.005
-        ops.RandomGrayscale(p=0.3),
-        ops.GaussianBlur(p=0.3, sigma_min=1.0, kernel_size=3),  # sigma 0.1 can be a no-op
-        ops.Solarization(p=0.3, threshold=0),  # threshold 0: every value is inverted
+        fops.ColorJitter(brightness=1.0, p=0.3),  # factor in [0, 2]: 200 unchanged only for f<1.005
+        fops.RandomGrayscale(p=0.3),
+        fops.GaussianBlur(p=0.3, sigma_min=1.0, kernel_size=3),  # sigma 0.1 can be a no-op
+        fops.Solarization(p=0.3, threshold=0),  # threshold 0: every value is inverted
     ],
     ids=lambda op: type(op).__name__,
 )
@@ -124,11 +124,11 @@ def test_per_image_rate_matches_p(op):
     assert abs(changed.mean() - 0.3) < 0.035, f"rate {changed.mean():.3f} for p=0.3"
 
 
-@pytest.mark.parametrize("op_cls", [ops.RandomGrayscale, ops.Solarization, ops.GaussianBlur])
+@pytest.mark.parametrize("op_cls", [fops.RandomGrayscale, fops.Solarization, fops.GaussianBlur])
 def test_images_in_one_batch_get_independent_decisions(op_cls):
     imgs = colourful_images(64, 8, seed=4)
     imgs[:, :, :, 1] = 200
-    kwargs = {ops.Solarization: {"threshold": 0}, ops.GaussianBlur: {"sigma_min": 1.0}}.get(
+    kwargs = {fops.Solarization: {"threshold": 0}, fops.GaussianBlur: {"sigma_min": 1.0}}.get(
         op_cls, {}
     )
     changed = _changed(op_cls(p=0.5, **kwargs), imgs)
@@ -137,7 +137,7 @@ def test_images_in_one_batch_get_independent_decisions(op_cls):
 
 def test_jitter_factors_differ_per_image():
     imgs = np.full((64, 4, 4, 3), 100, np.uint8)
-    out = _compiled(ops.ColorJitter(brightness=0.5, p=1.0), imgs.shape[1:])(imgs.copy(), None)
+    out = _compiled(fops.ColorJitter(brightness=0.5, p=1.0), imgs.shape[1:])(imgs.copy(), None)
     values = out[:, 0, 0, 0]
     assert len(np.unique(values)) > 20  # one factor per batch would give one value
     assert values.min() >= 50 and values.max() <= 150  # factor in [0.5, 1.5]
@@ -148,7 +148,7 @@ def test_parallel_compile_with_two_loader_workers():
     imgs = np.full((256, 6, 6, 3), 100, np.uint8)
     Compiler.set_num_threads(2)
     try:
-        fn = _compiled(ops.ColorJitter(brightness=0.5, hue=0.1, p=0.5), imgs.shape[1:])
+        fn = _compiled(fops.ColorJitter(brightness=0.5, hue=0.1, p=0.5), imgs.shape[1:])
         out = fn(imgs.copy(), None)
     finally:
         Compiler.set_num_threads(1)
@@ -160,20 +160,22 @@ def test_parallel_compile_with_two_loader_workers():
 def test_to_grey_channel_and_normalize():
     grey = np.random.default_rng(0).integers(0, 256, (5, 6, 7, 1), dtype=np.uint8)
     rgb = np.repeat(grey, 3, axis=3)
-    to_grey = ops.ToGreyChannel()
+    to_grey = fops.ToGreyChannel()
     _, alloc = to_grey.declare_state_and_memory(_state(rgb.shape[1:]))
     assert alloc.shape == (6, 7, 1)
     out = Compiler.compile(to_grey.generate_code())(rgb, np.empty_like(grey))
     np.testing.assert_array_equal(out, grey)  # a stored grey image comes back exactly
 
-    norm = ops.NormalizeToFloat(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.5))
+    norm = fops.NormalizeToFloat(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.5))
     state, alloc = norm.declare_state_and_memory(_state(rgb.shape[1:]))
     assert state.dtype == np.float32 and state.shape == alloc.shape == (3, 6, 7)
     got = Compiler.compile(norm.generate_code())(rgb, np.empty((5, 3, 6, 7), np.float32))
     want = (rgb / 255.0 - np.array([0.5, 0.4, 0.3])) / np.array([0.2, 0.25, 0.5])
     np.testing.assert_allclose(got, want.transpose(0, 3, 1, 2), atol=1e-5)  # B x C x H x W
-    with pytest.raises(ValueError, match="ops.NormalizeToFloat needs 1 means"):
-        ops.NormalizeToFloat((0.5, 0.5, 0.5), (1, 1, 1)).declare_state_and_memory(_state((4, 4, 1)))
+    with pytest.raises(ValueError, match="NormalizeToFloat needs 1 means"):
+        fops.NormalizeToFloat((0.5, 0.5, 0.5), (1, 1, 1)).declare_state_and_memory(
+            _state((4, 4, 1))
+        )
 
 
 # ---- inside a real ffcv.loader.Loader -----------------------------------------------------
@@ -191,10 +193,10 @@ def loader_batches(tmp_path_factory):
     view = [
         RandomResizedCropRGBImageDecoder((32, 32), scale=(0.5, 1.0)),
         RandomHorizontalFlip(),
-        ops.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8),
-        ops.RandomGrayscale(p=0.5),
-        ops.GaussianBlur(p=0.5, kernel_size=3),
-        ops.Solarization(p=0.5),
+        fops.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8),
+        fops.RandomGrayscale(p=0.5),
+        fops.GaussianBlur(p=0.5, kernel_size=3),
+        fops.Solarization(p=0.5),
         ToTensor(),
         ToTorchImage(channels_last=False),
     ]
@@ -213,7 +215,7 @@ def test_ops_compile_and_run_inside_a_loader(loader_batches):
     images, labels = loader_batches[0]
     assert images.shape == (16, 3, 32, 32) and images.dtype == torch.uint8
     assert labels.flatten().tolist() == [i % 10 for i in range(16)]
-    # Only ops.RandomGrayscale(p=0.5) makes these colourful images grey (R == G == B everywhere).
+    # Only fops.RandomGrayscale(p=0.5) makes these colourful images grey (R == G == B everywhere).
     grey = [
         (x[:, 0] == x[:, 1]).flatten(1).all(1) & (x[:, 1] == x[:, 2]).flatten(1).all(1)
         for x, _ in loader_batches

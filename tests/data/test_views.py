@@ -5,7 +5,7 @@ import torch
 from ffcv import transforms as ft
 from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
 
-from distcl.data import ffcv_ops as ops
+from distcl.data import ffcv_ops as fops
 from distcl.data.loader import view_ops
 from distcl.data.recipes import ViewSpec
 from distcl.data.views import (
@@ -63,17 +63,17 @@ def test_simclr_small_images_use_half_strength_and_no_blur():
     assert isinstance(decoder, RandomResizedCropRGBImageDecoder)
     assert decoder.output_size == (32, 32) and decoder.scale == (0.08, 1.0)
     assert isinstance(ops[1], ft.RandomHorizontalFlip)
-    jitter = _find(ops, ops.ColorJitter)
+    jitter = _find(ops, fops.ColorJitter)
     assert jitter.strengths == pytest.approx((0.4, 0.4, 0.4, 0.1)) and jitter.p == 0.8
-    assert _find(ops, ops.RandomGrayscale).p == 0.2
-    assert _find(ops, ops.GaussianBlur) is None and _find(ops, ops.Solarization) is None
-    assert [type(op) for op in ops[-2:]] == [ops.NormalizeToFloat, ft.ToTensor]
+    assert _find(ops, fops.RandomGrayscale).p == 0.2
+    assert _find(ops, fops.GaussianBlur) is None and _find(ops, fops.Solarization) is None
+    assert [type(op) for op in ops[-2:]] == [fops.NormalizeToFloat, ft.ToTensor]
 
 
 def test_simclr_imagenet_size_uses_full_strength_and_blur():
     ops = view_pipelines("simclr", 224, 3)[1]
-    assert _find(ops, ops.ColorJitter).strengths == pytest.approx((0.8, 0.8, 0.8, 0.2))
-    blur = _find(ops, ops.GaussianBlur)
+    assert _find(ops, fops.ColorJitter).strengths == pytest.approx((0.8, 0.8, 0.8, 0.2))
+    blur = _find(ops, fops.GaussianBlur)
     assert (blur.p, blur.sigma_min, blur.sigma_max, blur.kernel_size) == (0.5, 0.1, 2.0, 23)
     assert blur_kernel_size(96) == 9 and blur_kernel_size(32) == 3
 
@@ -83,8 +83,8 @@ def test_simclr_grey_is_the_calibrated_one_channel_recipe():
     assert ops[0].scale == (0.2, 1.0) and isinstance(ops[1], ft.RandomHorizontalFlip)
     brightness, contrast = _find(ops, ft.RandomBrightness), _find(ops, ft.RandomContrast)
     assert (brightness.magnitude, brightness.p) == (contrast.magnitude, contrast.p) == (0.4, 0.8)
-    assert _find(ops, ops.ColorJitter) is None and _find(ops, ops.RandomGrayscale) is None
-    assert isinstance(ops[4], ops.ToGreyChannel)  # after the jitter, on three equal channels
+    assert _find(ops, fops.ColorJitter) is None and _find(ops, fops.RandomGrayscale) is None
+    assert isinstance(ops[4], fops.ToGreyChannel)  # after the jitter, on three equal channels
     # the training loader's ops: the same recipe, the stored three channels kept
     loader_ops = view_ops(ViewSpec(28), 1, 2)[0]
     assert [type(op) for op in loader_ops] == [type(op) for op in ops[:4]]
@@ -92,13 +92,13 @@ def test_simclr_grey_is_the_calibrated_one_channel_recipe():
 
 def test_byol_views_are_asymmetric():
     views = view_pipelines("byol", 96, 3, n_views=4)
-    blur_p = [_find(v, ops.GaussianBlur).p for v in views]
-    solar = [_find(v, ops.Solarization) for v in views]
+    blur_p = [_find(v, fops.GaussianBlur).p for v in views]
+    solar = [_find(v, fops.Solarization) for v in views]
     assert blur_p == [1.0, 0.1, 1.0, 0.1]
     assert solar[0] is None and solar[1].p == 0.2 and solar[1].threshold == 128
     for v in views:
-        assert _find(v, ops.ColorJitter).strengths == (0.4, 0.4, 0.2, 0.1)
-        assert _find(v, ops.RandomGrayscale).p == 0.2
+        assert _find(v, fops.ColorJitter).strengths == (0.4, 0.4, 0.2, 0.1)
+        assert _find(v, fops.RandomGrayscale).p == 0.2
 
 
 def test_multicrop_has_two_global_and_smaller_local_views():
@@ -119,9 +119,9 @@ def test_tails():
     uint8 = view_pipelines("simclr", 32, 3, tail="uint8")[0]
     assert [type(op) for op in uint8[-2:]] == [ft.ToTensor, ft.ToTorchImage]
     assert uint8[-1].channels_last is False
-    assert _find(uint8, ops.NormalizeToFloat) is None
+    assert _find(uint8, fops.NormalizeToFloat) is None
     bare = view_pipelines("simclr", 32, 3, tail="none")[0]
-    assert isinstance(bare[-1], ops.RandomGrayscale) and _find(bare, ft.ToTensor) is None
+    assert isinstance(bare[-1], fops.RandomGrayscale) and _find(bare, ft.ToTensor) is None
 
 
 @pytest.fixture(scope="module")
