@@ -117,6 +117,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         out["rows_rs"] = dist.rows_summed_reduce_scatter(grad, 3)
         out["rows_ar"] = dist.rows_summed_all_reduce(grad, 3)
         torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+        tdist.barrier()  # neither rank tears gloo down while the other still talks to it
     finally:
         tdist.destroy_process_group()
 
