@@ -2,7 +2,8 @@
 
 Like Lightning's `max_time`, except that the run does not stop mid-schedule: once epoch 1 has
 been reported, the run knows its steady step time, what an epoch's end costs (metrics,
-checkpoint, report, measured on epoch 1's), what the kNN monitor costs, and what epoch 1 itself
+checkpoint, report, measured on epoch 1's), what the kNN monitor costs (when it runs every few
+epochs; with `eval.knn_every=0` its single last pass is not planned), and what epoch 1 itself
 cost (FFCV's numba compile included). Before epoch 2's first step it picks the most epochs, up
 to `train.epochs`, whose training ends inside the budget, and the learning-rate schedule is
 fitted to those epochs (warm-up unchanged, cosine to `optim.final_lr` at the last step). The

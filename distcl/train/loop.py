@@ -120,7 +120,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
             "epoch": epoch + 1,
         }
         every = cfg.eval.knn_every
-        knn_due = (every and (epoch + 1) % every == 0) or epoch + 1 == epochs or plan_pending
+        knn_due = (every and ((epoch + 1) % every == 0 or plan_pending)) or epoch + 1 == epochs
         knn_s = epoch_end.end_epoch(w, metrics, epoch, epochs, step, knn_due, t_train)
         epoch += 1
 
