@@ -4,6 +4,7 @@ nodes, token auth, own temp dir and ports), always stopped by process tree, neve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -145,12 +146,27 @@ class LocalRayCluster:
                 f"--ray-client-server-port={client_port}",
             )
             self._wait(lambda: self._get("/api/version") is not None, timeout_s, "head dashboard")
-            for i in range(1, num_nodes):
-                self._start(f"node{i}", f"--num-cpus=1 --address=127.0.0.1:{self.gcs_port}")
-            self._wait(lambda: len(self.alive_nodes()) == num_nodes, timeout_s, "all nodes")
+            for i in range(1, num_nodes):  # one at a time, each started again once if it fails
+                self._start_node(i, timeout_s)
         except BaseException:
             self.stop()
             raise
+
+    def _start_node(self, i: int, timeout_s: float) -> None:
+        """Worker node i, up and registered. On a loaded 2-core machine a node's `ray start`
+        has died with "Failed to get node info: Deadline Exceeded"; a second start succeeds."""
+        for attempt in (1, 2):
+            self._start(f"node{i}", f"--num-cpus=1 --address=127.0.0.1:{self.gcs_port}")
+            try:
+                self._wait(lambda: len(self.alive_nodes()) == i + 1, timeout_s, f"node{i}")
+                return
+            except RuntimeError:
+                if attempt == 2:
+                    raise
+                failed = self.popens.pop()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(failed.pid, signal.SIGKILL)  # its own group (start_new_session)
+                failed.wait()
 
     def _start(self, name: str, args: str) -> None:
         ports = dict(zip(NODE_PORTS, free_ports(len(NODE_PORTS)), strict=True))

@@ -120,6 +120,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         tdist.barrier()  # neither rank tears gloo down while the other still talks to it
     finally:
         tdist.destroy_process_group()
+    # Leave without the interpreter's teardown: twice in CI a rank aborted there ("terminate
+    # called without an active exception", a gloo thread still joinable). Results are saved.
+    os._exit(0)
 
 
 def _single_process_gradcache(loss_name: str) -> tuple[float, list[torch.Tensor]]:
