@@ -1,33 +1,43 @@
-"""Time budget (`train.time_budget_s`): how many epochs fit, measured on the run's own epoch 1.
+"""Time budget (`train.time_budget_s`): how many epochs fit, measured on the run's own epochs.
 
-Like Lightning's `max_time`, except that the run does not stop mid-schedule: once epoch 1 has
-been reported, the run knows its steady step time, what an epoch's end costs (metrics,
-checkpoint, report, measured on epoch 1's), what the kNN monitor costs (when it runs every few
-epochs; with `eval.knn_every=0` its single last pass is not planned), and what epoch 1 itself
-cost (FFCV's numba compile included). Before epoch 2's first step it picks the most epochs, up
-to `train.epochs`, whose training ends inside the budget, and the learning-rate schedule is
-fitted to those epochs (warm-up unchanged, cosine to `optim.final_lr` at the last step). The
-plan is stored in every later checkpoint, so a restarted or resumed run keeps it; a group that
-restarts before its first planned checkpoint plans again, on its own clock.
+Like Lightning's `max_time`, except that the run does not stop mid-schedule. At the end of
+epoch 1 (before its report) the run knows its steady step time, what an epoch's end costs so
+far, what the kNN monitor costs (when it runs every few epochs; with `eval.knn_every=0` its
+single last pass is not planned), and what epoch 1 itself cost (FFCV's numba compile included).
+It picks the most epochs, up to `train.epochs`, whose training ends inside the budget, and the
+learning-rate schedule is fitted to those epochs (warm-up unchanged, cosine to
+`optim.final_lr` at the last step).
 
-The budget covers the epochs: from the first step to the last report. Ray's start, worker
-set-up and the final evaluation in the driver are outside it.
+That first plan extrapolates epoch 1's steady steps, so it misses what every later epoch also
+pays: the loader's start, the first steps, the report and the checkpoint (on the tiny test data
+these were a quarter of an epoch: a 60 s plan ran 72 s). So the plan is revised at every later
+epoch's end from the measured wall time of whole epochs (the mean of the last `WINDOW`,
+report to report, the kNN monitor left out): it is kept while its predicted end is within 1% of
+the budget (or early by less than that plus one epoch), so noise does not flip it back and
+forth, and otherwise replaced by the most epochs that fit. Each revision refits the cosine to the new last step; the learning rate stays a
+pure function of (step, plan), and the plan in force is stored in every checkpoint with the
+training seconds spent, so a restarted worker group or `--resume` goes on from both (the
+restart itself, like Ray's start, worker set-up and the final evaluation, is outside the
+budget). The first epoch after a start pays the compile again, so it is not measured.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+
+WINDOW = 10  # epochs whose mean wall time predicts the rest
+SLACK = 0.01  # of the budget: a plan predicted to end this near it is kept (no flip-flopping)
 
 
 @dataclass(frozen=True)
 class EpochCosts:
     """What the run measured, in seconds."""
 
-    spent_s: float  # from the first step to now: the `done` epochs, their ends, the compile
-    done: int  # epochs finished and reported
-    step_s: float  # one steady-state step (epoch 1's steps after the first few)
+    spent_s: float  # training so far: the `done` epochs, their ends, the compile
+    done: int  # epochs finished
+    epoch_s: float  # one later epoch, report to report, without the kNN monitor
     steps_per_epoch: int
-    epoch_end_s: float  # metrics, checkpoint and report of one epoch (not the kNN monitor)
     knn_s: float  # one kNN monitor pass
 
 
@@ -38,8 +48,7 @@ def knn_epochs(last: int, every: int, done: int = 1) -> int:
 
 def planned_seconds(epochs: int, costs: EpochCosts, knn_every: int) -> float:
     """Predicted training time of `epochs` epochs in all, from what was measured so far."""
-    steady = costs.step_s * costs.steps_per_epoch + costs.epoch_end_s
-    later = (epochs - costs.done) * steady
+    later = (epochs - costs.done) * costs.epoch_s
     return costs.spent_s + later + knn_epochs(epochs, knn_every, costs.done) * costs.knn_s
 
 
@@ -54,12 +63,74 @@ def plan_epochs(budget_s: float, costs: EpochCosts, *, max_epochs: int, knn_ever
     return best
 
 
+def revise(
+    current: int, budget_s: float, costs: EpochCosts, *, max_epochs: int, knn_every: int
+) -> int:
+    """The plan after a later epoch: `current` while its predicted end is within `SLACK` of
+    `budget_s` (or, early, within that plus one epoch, as a whole epoch more may not fit),
+    else the most epochs that fit."""
+    end, slack = planned_seconds(current, costs, knn_every), SLACK * budget_s
+    if budget_s - slack - costs.epoch_s < end <= budget_s + slack or (
+        end <= budget_s and current >= max_epochs
+    ):
+        return current
+    return plan_epochs(budget_s, costs, max_epochs=max_epochs, knn_every=knn_every)
+
+
 def describe(budget_s: float, epochs: int, costs: EpochCosts, knn_every: int, batch: int) -> str:
-    """The line a run prints when it fixes its plan (`batch` = images per step, all ranks)."""
-    rate = batch / costs.step_s if costs.step_s > 0 else float("inf")
+    """The line a run prints when it plans (`batch` = images per step, all ranks)."""
+    images = batch * costs.steps_per_epoch
+    rate = images / costs.epoch_s if costs.epoch_s > 0 else float("inf")
     return (
         f"budget {budget_s:g} s: {epochs} epoch(s) of {costs.steps_per_epoch} steps at "
         f"{rate:,.0f} img/s, predicted {planned_seconds(epochs, costs, knn_every):.0f} s "
-        f"({costs.spent_s:.1f} s so far, FFCV's compile included; an epoch's end "
-        f"{costs.epoch_end_s:.2f} s, the kNN monitor {costs.knn_s:.1f} s)"
+        f"({costs.spent_s:.1f} s after {costs.done} epoch(s), FFCV's compile included; "
+        f"an epoch {costs.epoch_s:.2f} s, the kNN monitor {costs.knn_s:.1f} s)"
     )
+
+
+@dataclass
+class Clock:
+    """One rank's training clock and the walls of its measured epochs.
+
+    `spent()` counts from this start plus what earlier starts spent (from the checkpoint).
+    `mark(knn_s)` closes an epoch at its end (before its report) and returns its wall time
+    since the previous mark without the kNN monitor; the first epoch of a start is not
+    measured (the previous mark is the start, and the compile is in it)."""
+
+    spent_before: float = 0.0
+    t0: float = field(default_factory=time.perf_counter)
+    last_mark: float | None = None
+    walls: list[float] = field(default_factory=list)
+    knn_s: float = 0.0  # the last kNN monitor pass
+    steps_s: float = 0.0  # the last epoch's steps extrapolated from its steady ones
+    t_steps_end: float = 0.0
+    steps_per_epoch: int = 0
+    announced: int = 0  # the last plan printed
+
+    def spent(self) -> float:
+        return self.spent_before + time.perf_counter() - self.t0
+
+    def steps_done(self, steady_step_s: float, steps: int) -> None:
+        """The epoch's steps ended; `steady_step_s` is one step past the compile."""
+        self.t_steps_end, self.steps_s = time.perf_counter(), steady_step_s * steps
+        self.steps_per_epoch = steps
+
+    def first_estimate(self) -> float:
+        """A later epoch's wall as epoch 1 predicts it: its steady steps plus its end so far
+        (metrics, not yet the report); call after `mark`."""
+        assert self.last_mark is not None
+        return self.steps_s + max(0.0, self.last_mark - self.t_steps_end - self.knn_s)
+
+    def mark(self, knn_s: float) -> None:
+        now = time.perf_counter()
+        if knn_s > 0:
+            self.knn_s = knn_s
+        if self.last_mark is not None:
+            self.walls.append(max(0.0, now - self.last_mark - knn_s))
+        self.last_mark = now
+
+    def epoch_s(self) -> float | None:
+        """Mean wall of the last `WINDOW` measured epochs; None before the first one."""
+        recent = self.walls[-WINDOW:]
+        return sum(recent) / len(recent) if recent else None

@@ -1,9 +1,10 @@
-"""An epoch's end on every rank, and the time budget's plan after the first one.
+"""An epoch's end on every rank, and the time budget's plan.
 
 `end_epoch` completes the epoch's metrics (peak GPU memory, the kNN monitor when due, the
 elapsed time), logs them to MLflow once, prints the `distcl: epoch ...` line and reports them
 to Ray Train with rank 0's checkpoint (`report`: the model, the optimizer, the counters, the
-RNG state and the plan). `plan_budget` fixes `train.time_budget_s`'s epochs once.
+RNG state, the plan and the training seconds spent). `plan_budget` plans and revises
+`train.time_budget_s`'s epochs (budget.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import ray
 import ray.train
 import torch
 
-from distcl.config.schema import Config
 from distcl.evaluation.evaluate import knn_monitor
 from distcl.runtime import checkpoint, dist
 from distcl.train import budget
@@ -29,11 +29,11 @@ def end_epoch(
     epochs: int,
     step: int,
     knn_due: bool,
-    t_train: float,
-) -> float:
-    """Add the peak GPU memory, the kNN accuracy (when due) and the elapsed time to the
-    epoch's `metrics`; log them to MLflow once, print them, and report them with the checkpoint.
-    Returns the kNN monitor's seconds (0 when not due), for the time budget."""
+    clock: budget.Clock,
+) -> int:
+    """Add the peak GPU memory, the kNN accuracy (when due) and the training time to the
+    epoch's `metrics`; let the time budget revise the plan; log the metrics to MLflow once,
+    print them, and report them with the checkpoint. Returns the epochs planned from here."""
     cfg, device, knn_s = w.cfg, w.device, 0.0
     if device.type == "cuda":
         metrics["gpu_peak_mem_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -50,7 +50,11 @@ def end_epoch(
             use_bf16=w.use_bf16,
         )
         knn_s = time.perf_counter() - t_knn
-    metrics["train_elapsed_s"] = time.perf_counter() - t_train
+    clock.mark(knn_s)
+    if cfg.train.time_budget_s > 0:
+        epochs = plan_budget(w, clock, epoch + 1, epochs)
+        metrics["budget_epochs"] = epochs
+    metrics["train_elapsed_s"] = clock.spent()
     # Log before the checkpoint is reported, and never twice: a restart may re-run an epoch
     # whose checkpoint was not registered, but its MLflow step is already there.
     t = w.tracking
@@ -63,25 +67,41 @@ def end_epoch(
             + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"),
             flush=True,
         )
-    report(w, epoch, step, metrics, epochs)
-    return knn_s
-
-
-def plan_budget(cfg: Config, costs: budget.EpochCosts, logger) -> int:
-    """Epochs that fit `train.time_budget_s`: rank 0's plan, the same on every rank; printed
-    and logged as the `budget_epochs` and `budget_plan` params."""
-    every, limit = cfg.eval.knn_every, cfg.train.time_budget_s
-    epochs = budget.plan_epochs(limit, costs, max_epochs=cfg.train.epochs, knn_every=every)
-    epochs = dist.broadcast_object(epochs)  # rank 0's plan: every rank runs the same schedule
-    if dist.get_rank() == 0:
-        line = budget.describe(limit, epochs, costs, every, cfg.train.global_batch)
-        print(f"distcl: {line}", flush=True)
-        if logger is not None:
-            logger.log_params_once({"budget_epochs": epochs, "budget_plan": line})
+    report(w, epoch, step, metrics, epochs, metrics["train_elapsed_s"])
     return epochs
 
 
-def report(w: Worker, epoch: int, step: int, metrics: dict[str, float], epochs: int) -> None:
+def plan_budget(w: Worker, clock: budget.Clock, done: int, epochs: int) -> int:
+    """`train.time_budget_s`'s epochs after `done` epochs: the first plan after epoch 1 of a
+    fresh run, a revision after every later measured epoch, and the stored plan kept through
+    the first epoch after a restart. Rank 0 decides for every rank; it prints each plan and
+    logs the first as the `budget_plan` param (every epoch's plan is its `budget_epochs` metric)."""
+    cfg, rank = w.cfg, dist.get_rank()
+    every, limit, steps = cfg.eval.knn_every, cfg.train.time_budget_s, clock.steps_per_epoch
+    measured = clock.epoch_s()
+    if measured is None and done > 1:  # the first epoch after a restart: keep the stored plan
+        return epochs
+    epoch_s = clock.first_estimate() if measured is None else measured
+    costs = budget.EpochCosts(clock.spent(), done, epoch_s, steps, clock.knn_s)
+    if measured is None:
+        new = budget.plan_epochs(limit, costs, max_epochs=cfg.train.epochs, knn_every=every)
+    else:
+        new = budget.revise(epochs, limit, costs, max_epochs=cfg.train.epochs, knn_every=every)
+    new = dist.broadcast_object(new)  # rank 0's plan: every rank runs the same schedule
+    if rank == 0 and (measured is None or abs(new - clock.announced) >= 0.05 * clock.announced):
+        clock.announced = new  # a revision by under 5% shows only in `budget_epochs`
+        line = budget.describe(limit, new, costs, every, cfg.train.global_batch)
+        if measured is not None:
+            line = f"{line}; revised from {epochs}"
+        print(f"distcl: {line}", flush=True)
+        if w.tracking.logger is not None and measured is None:
+            w.tracking.logger.log_params_once({"budget_plan": line})
+    return new
+
+
+def report(
+    w: Worker, epoch: int, step: int, metrics: dict[str, float], epochs: int, spent_s: float
+) -> None:
     """Every rank reports (it is a barrier); rank 0 attaches the checkpoint."""
     if w.rank != 0:
         ray.train.report(metrics)
@@ -95,6 +115,7 @@ def report(w: Worker, epoch: int, step: int, metrics: dict[str, float], epochs: 
         "rng": checkpoint.rng_state(),
         "seed": cfg.train.seed,
         "budget_epochs": epochs if cfg.train.time_budget_s > 0 else 0,
+        "budget_spent_s": spent_s,
         "mlflow_run_id": w.loop_cfg.get("mlflow_run_id") or "",
         "config": cfg.to_flat(),
         "meta": w.loop_cfg["meta"],

@@ -45,13 +45,12 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     chunk = cfg.train.chunk_size if 0 < cfg.train.chunk_size < local_batch else 0
 
     model, optimizer = worker.build_model(cfg, meta, device)
-    start_epoch, step, epochs = worker.resume(model, optimizer, rank, cfg.train.epochs)
+    start_epoch, step, epochs, spent = worker.resume(model, optimizer, rank, cfg.train.epochs)
     net = wrap_ddp(model, world, chunk)
     loader = worker.build_loader(cfg, loop_cfg["train_path"], local_batch, start_epoch, rank, world)
     print(f"distcl: rank {rank} {worker.thread_layout()}", flush=True)
     steps_per_epoch = len(loader)
-    total_steps = steps_per_epoch * epochs  # refitted once when a time budget plans the epochs
-    plan_pending = cfg.train.time_budget_s > 0 and start_epoch == 0  # else the plan is kept
+    total_steps = steps_per_epoch * epochs  # refitted when a time budget plans the epochs
     peak_lr = scaled_lr(cfg.optim.lr, cfg.train.global_batch, cfg.optim.lr_scaling)
     warmup = min(total_steps, int(cfg.optim.warmup_epochs * steps_per_epoch))
     precision_used = resolve_precision(cfg.train.precision, device)
@@ -60,21 +59,8 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     w = Worker(cfg, loop_cfg, rank, device, model, net, optimizer, chunk, use_bf16, tracking)
 
     skipped, lr, log_every = 0, 0.0, cfg.train.log_every
-    t_train, epoch = time.perf_counter(), start_epoch
-    t_steps_end = steady_s = knn_s = 0.0  # the last epoch's timings, for the time budget
+    clock, epoch = budget.Clock(spent_before=spent), start_epoch  # training time, for the budget
     while epoch < epochs:
-        if plan_pending and epoch > start_epoch:  # one epoch reported: fix the plan, then the LR
-            costs = budget.EpochCosts(
-                spent_s=time.perf_counter() - t_train,
-                done=epoch - start_epoch,
-                step_s=steady_s,
-                steps_per_epoch=steps_per_epoch,
-                epoch_end_s=max(0.0, time.perf_counter() - t_steps_end - knn_s),
-                knn_s=knn_s,
-            )
-            epochs, plan_pending = epoch_end.plan_budget(cfg, costs, tracking.logger), False
-            total_steps = steps_per_epoch * epochs
-            continue  # re-check `epoch < epochs`: a budget may end the run here
         net.train()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -89,7 +75,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
             lr = lr_at(
                 step,
                 peak_lr=peak_lr,
-                warmup_steps=warmup,
+                warmup_steps=min(warmup, total_steps),  # a budget may plan fewer epochs
                 total_steps=total_steps,
                 final_lr=cfg.optim.final_lr,
             )
@@ -109,7 +95,9 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
             t_data = time.perf_counter()
         t_steps_end = time.perf_counter()
         elapsed = t_steps_end - t_epoch
-        steady_s = (t_steps_end - t_steady) / max(1, steps_per_epoch - i_steady)
+        clock.steps_done(
+            (t_steps_end - t_steady) / max(1, steps_per_epoch - i_steady), steps_per_epoch
+        )
         dist.broadcast_buffers(model)  # rank 0's BatchNorm statistics for kNN and checkpoint
         metrics = {
             "loss": dist.all_reduce_mean_scalar(float(loss_sum) / max(1, n_steps)),
@@ -119,9 +107,10 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
             "epoch_time_s": elapsed,
             "epoch": epoch + 1,
         }
-        every = cfg.eval.knn_every
-        knn_due = (every and ((epoch + 1) % every == 0 or plan_pending)) or epoch + 1 == epochs
-        knn_s = epoch_end.end_epoch(w, metrics, epoch, epochs, step, knn_due, t_train)
+        every, first_plan = cfg.eval.knn_every, cfg.train.time_budget_s > 0 and epoch == 0
+        knn_due = (every and ((epoch + 1) % every == 0 or first_plan)) or epoch + 1 == epochs
+        epochs = epoch_end.end_epoch(w, metrics, epoch, epochs, step, knn_due, clock)
+        total_steps = steps_per_epoch * epochs  # the LR schedule ends on the plan's last step
         epoch += 1
 
 

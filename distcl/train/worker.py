@@ -71,12 +71,13 @@ def build_model(
 
 def resume(
     model: Method, optimizer: torch.optim.Optimizer, rank: int, epochs: int
-) -> tuple[int, int, int]:
-    """(start epoch, global step, epochs): (0, 0, `epochs`) for a fresh run, else the state of
-    Ray's checkpoint loaded into `model`, `optimizer` and the RNGs."""
+) -> tuple[int, int, int, float]:
+    """(start epoch, global step, epochs, training seconds spent): (0, 0, `epochs`, 0) for a
+    fresh run, else the state of Ray's checkpoint loaded into `model`, `optimizer` and the
+    RNGs."""
     state = _resume_state(rank)
     if state is None:
-        return 0, 0, epochs
+        return 0, 0, epochs, 0.0
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     start_epoch, step = state["epoch"], state["step"]
@@ -84,7 +85,7 @@ def resume(
     checkpoint.set_rng_state(state["rng"])
     if rank == 0:
         print(f"distcl: resumed at epoch {start_epoch}, step {step}", flush=True)
-    return start_epoch, step, epochs
+    return start_epoch, step, epochs, float(state.get("budget_spent_s", 0.0))
 
 
 def _resume_state(rank: int) -> dict[str, Any] | None:
