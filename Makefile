@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # chromium: the headless browser of tests/test_mlflow_ui.py (driven by the playwright package)
-APT_PKGS := pkg-config libopencv-dev libturbojpeg0-dev dataset-fashion-mnist shellcheck chromium
+APT_PKGS := pkg-config libopencv-dev libturbojpeg0-dev dataset-fashion-mnist wordnet-base shellcheck chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # torch/torchvision are pinned to the releases on this machine's disk (pip's cap resolves
 # torch>=2.4 to them); elsewhere pip picks what the pyproject ranges allow.

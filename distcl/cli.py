@@ -15,6 +15,8 @@ from distcl.config.schema import ConfigError
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from distcl.data.beton import prepare
 
+    if args.dataset == "wordnet":
+        return _prepare_wordnet(args)
     splits = args.split or ["train", "test"]
     for split in splits:
         path, meta, written = prepare(
@@ -34,6 +36,16 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
             f"{path}: {meta['count']} images, {meta['resolution']} px, "
             f"{meta['channels']} channel(s) ({state})"
         )
+    return 0
+
+
+def _prepare_wordnet(args: argparse.Namespace) -> int:
+    from distcl.data.text_beton import prepare_wordnet, read_text_meta
+
+    paths = prepare_wordnet(args.out, root=args.root or None, force=args.force)
+    for path in paths.values():
+        meta = read_text_meta(path)
+        print(f"{path}: {meta['count']} text pairs, {meta['max_len']} byte tokens per text")
     return 0
 
 
@@ -67,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dataset",
         default="fashion_mnist",
-        help="fashion_mnist | cifar10 | cifar100 | stl10 | imagefolder | synthetic",
+        help="fashion_mnist | cifar10 | cifar100 | stl10 | imagefolder | synthetic | wordnet",
     )
     p.add_argument(
         "--split",

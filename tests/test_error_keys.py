@@ -41,6 +41,10 @@ NOT_KEYS = {  # key-shaped names that are code, not settings
     "loss.backward": "torch's Tensor.backward, called on a loss (train/gradcache.py docstring)",
     "encoder.feat_dim": "the encoder module's attribute (models/ docstrings)",
     "space.seed": "the sweep Space's attribute, documented in a docstring (sweep/run.py)",
+    **{
+        f"data.{pos}": "a WordNet data file (data/wordnet.py, data/text_beton.py)"
+        for pos in ("noun", "verb", "adj", "adv")
+    },
 }
 KEYLIKE = re.compile(r"(?<![\w.])([a-z_]+)\.([a-z_]+)\b")
 

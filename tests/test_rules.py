@@ -82,6 +82,20 @@ def test_zero_or_negative_chunks_are_refused_where_they_are_used():
             ["data.dataset=stl10", "data.split=unlabeled", "method.name=supervised"],
             "method.name=supervised needs class labels, but data.split=unlabeled has none",
         ),
+        (["data.dataset=wordnet"], "data.dataset=wordnet is text: set model.arch=text_transformer"),
+        (["model.arch=text_transformer"], "model.arch=text_transformer encodes text"),
+        (
+            ["data.dataset=wordnet", "model.arch=text_transformer", "method.name=byol"],
+            "method.name=byol is not available for text yet; use simclr or supcon",
+        ),
+        (
+            ["data.dataset=wordnet", "model.arch=text_transformer", "data.loader=torchvision"],
+            "text is read from .beton files only",
+        ),
+        (
+            ["data.dataset=wordnet", "model.arch=text_transformer", "data.preset=grey"],
+            "data.preset=grey is an image view recipe; a text dataset takes auto, pairs, dropout",
+        ),
     ],
 )
 def test_each_rule_refuses_the_config_when_it_is_built(overrides, fragment):
@@ -94,5 +108,7 @@ def test_rules_pass_what_they_allow():
         ["method.name=simclr", "data.views=4", "train.chunk_size=64"],
         ["method.name=moco_v2", "method.queue_size=512", "train.global_batch=512"],
         ["data.dataset=stl10", "data.split=unlabeled", "method.name=byol"],
+        ["data.dataset=wordnet", "model.arch=text_transformer", "method.name=supcon"],
+        ["data.dataset=wordnet", "model.arch=text_transformer", "data.preset=dropout"],
     ):
         assert rules.problems(config.load(None, ok)) == []

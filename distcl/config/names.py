@@ -10,7 +10,14 @@ method, loss or encoder gets its name added here too.
 from __future__ import annotations
 
 # data.dataset. Readers: distcl/data/sources.py
-DATASETS = ("fashion_mnist", "cifar10", "cifar100", "stl10", "imagefolder", "synthetic")
+DATASETS = ("fashion_mnist", "cifar10", "cifar100", "stl10", "imagefolder", "synthetic", "wordnet")
+# Text datasets: token ids instead of images (distcl/data/wordnet.py, text_beton.py); they train
+# the text encoder and are evaluated by retrieval (distcl/evaluation/text_final.py).
+TEXT_DATASETS = ("wordnet",)
+# data.preset of a text dataset: the two views of a record. pairs (auto): its two texts;
+# dropout: its first text twice, told apart by the encoder's dropout alone (SimCSE, Gao et al.
+# 2021, unsupervised).
+TEXT_VIEWS = ("auto", "pairs", "dropout")
 # data.split, per dataset. imagefolder takes any sub-folder of data.root.
 SPLITS = {
     "fashion_mnist": ("train", "test"),
@@ -18,6 +25,7 @@ SPLITS = {
     "cifar100": ("train", "test"),
     "stl10": ("train", "test", "unlabeled", "train+unlabeled"),
     "synthetic": ("train", "test"),
+    "wordnet": ("train", "test"),
 }
 # data.loader. ffcv reads .beton files and compiles the per-image augmentations. torchvision
 # is a DataLoader over the raw files with the same views and sharding, for machines where FFCV
@@ -25,7 +33,8 @@ SPLITS = {
 LOADERS = ("ffcv", "torchvision")
 STORAGE = ("raw", "jpeg", "jpg", "smart", "proportion")  # data.storage: FFCV RGBImageField modes
 
-ARCHS = ("small_cnn", "resnet18", "resnet50")  # model.arch; built by models/encoders.py
+ARCHS = ("small_cnn", "resnet18", "resnet50", "text_transformer")  # model.arch (models/encoders.py)
+TEXT_ARCHS = ("text_transformer",)  # encoders of token ids (distcl/models/text.py)
 
 # method.name; the registry is distcl/models/methods.py METHODS
 METHODS = ("simclr", "supcon", "supervised", "moco_v2", "moco_v3", "byol", "swav", "barlow")

@@ -98,8 +98,40 @@ def label_problems(cfg: Config) -> list[str]:
     return out
 
 
+def text_problems(cfg: Config) -> list[str]:
+    """A text dataset needs the text encoder and a loss-based method, and the reverse."""
+    d, m, out = cfg.data, cfg.model, []
+    text, text_arch = d.dataset in names.TEXT_DATASETS, m.arch in names.TEXT_ARCHS
+    if text and not text_arch:
+        out.append(
+            f"data.dataset={d.dataset} is text: set model.arch={names.TEXT_ARCHS[0]} "
+            "(or start from the wordnet_simcse preset)"
+        )
+    if text_arch and not text:
+        out.append(
+            f"model.arch={m.arch} encodes text; data.dataset={d.dataset} holds images "
+            f"(text datasets: {', '.join(names.TEXT_DATASETS)})"
+        )
+    if text and cfg.method.name not in names.LOSS_METHODS:
+        out.append(
+            f"method.name={cfg.method.name} is not available for text yet; use "
+            f"{' or '.join(names.LOSS_METHODS)}"
+        )
+    if text and d.loader != "ffcv":
+        out.append(f"data.loader={d.loader}: text is read from .beton files only; use ffcv")
+    if text and d.preset not in names.TEXT_VIEWS:
+        out.append(
+            f"data.preset={d.preset} is an image view recipe; a text dataset takes "
+            f"{', '.join(names.TEXT_VIEWS)} (pairs: a record's two texts; dropout: SimCSE)"
+        )
+    if text and cfg.data.views != 2:
+        out.append(f"data.views={d.views}: a text pair gives 2 views; use data.views=2")
+    return out
+
+
 def problems(cfg: Config) -> list[str]:
     """Every rule `cfg` breaks, each message naming the keys, their values and the fix."""
     t = cfg.train
     batch = batch_split_problem(t.global_batch, t.num_workers, t.chunk_size)
-    return [*([batch] if batch else []), *method_problems(cfg), *label_problems(cfg)]
+    more = [*method_problems(cfg), *label_problems(cfg), *text_problems(cfg)]
+    return [*([batch] if batch else []), *more]

@@ -41,13 +41,13 @@ class DataConfig:
     split: str = "train"  # pre-training split; stl10: also unlabeled | train+unlabeled
     resolution: int = 28  # output side of each view, in pixels
     views: int = 2  # augmented views per image (2 for SimCLR)
-    preset: str = "auto"  # view-augmentation preset; auto picks from resolution and channels
+    preset: str = "auto"  # view recipe; auto: by resolution and channels (text: pairs or dropout)
     crop_scale_min: float | None = None  # RandomResizedCrop lower scale; None: the preset's own
     jitter: float | None = None  # colour-jitter strength, 0 = off; None: the preset's own
     jitter_p: float | None = None  # chance of colour jitter per image; None: the preset's own
     loader: str = "ffcv"  # ffcv | torchvision (DataLoader over the raw files, much slower)
     loader_workers: int = 1  # FFCV threads / DataLoader processes per worker; 0 = Ray's CPUs
-    max_images: int = 0  # use only the first N training images (0 = all); for tests and demos
+    max_images: int = 0  # use only the first N training images (text: N pairs); 0 = all
 
 
 @dataclass(frozen=True)

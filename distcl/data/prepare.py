@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from distcl.config.names import TEXT_DATASETS
 from distcl.config.schema import Config, ConfigError
 from distcl.data import beton
 
@@ -13,6 +14,8 @@ from distcl.data import beton
 def prepare_data(cfg: Config) -> dict[str, Any]:
     """Write (or reuse) the train and test `.beton`s; returns their paths and the dataset facts."""
     d = cfg.data
+    if d.dataset in TEXT_DATASETS:
+        return prepare_text(cfg)
     kw = {
         "root": d.root,
         "out": d.beton_dir,
@@ -38,4 +41,28 @@ def prepare_data(cfg: Config) -> dict[str, Any]:
         "train_eval_path": str(train_eval_path.resolve()),
         "test_path": str(test_path.resolve()),
         "meta": {k: meta[k] for k in ("channels", "num_classes", "resolution", "count")},
+    }
+
+
+def prepare_text(cfg: Config) -> dict[str, Any]:
+    """WordNet's pair `.beton`s (distcl/data/text_beton.py): the train split trains and gives
+    the probe its training definitions; the held-out synsets are the test split. `meta` says
+    `modality: text`; `resolution` holds the tokens per text."""
+    from distcl.data.text_beton import prepare_wordnet, read_text_meta
+    from distcl.data.wordnet import LEXNAMES
+
+    paths = prepare_wordnet(cfg.data.beton_dir, root=cfg.data.root or None)
+    meta = read_text_meta(paths["train"])
+    train = str(paths["train"].resolve())
+    return {
+        "train_path": train,
+        "train_eval_path": train,
+        "test_path": str(paths["test"].resolve()),
+        "meta": {
+            "modality": "text",
+            "channels": 0,
+            "num_classes": len(LEXNAMES),
+            "resolution": meta["max_len"],
+            "count": meta["count"],
+        },
     }

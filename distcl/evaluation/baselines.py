@@ -51,6 +51,8 @@ class Baseline:
 def arch_key(cfg: Config) -> str:
     """What 'the same architecture' means: arch plus the settings that change the network."""
     m = cfg.model
+    if m.arch == "text_transformer":
+        return f"text_transformer-w{m.width}-l{m.blocks}"
     if m.arch == "small_cnn":
         return f"small_cnn-w{m.width}-b{m.blocks}-f{m.feat_dim or 8 * m.width}"
     return f"{m.arch}-{'cifar' if m.cifar_stem else 'imagenet'}-stem"
@@ -99,7 +101,7 @@ def _write_cache(path: Path, key: dict[str, Any], metrics: dict[str, float]) -> 
     os.replace(tmp, path)
 
 
-def _ensure(
+def ensure(
     kind: str,
     tags: dict[str, str],
     data: dict[str, Any],
@@ -147,7 +149,7 @@ def raw_pixels(cfg: Config, data: dict[str, Any], uri: str, experiment: str) -> 
         return frozen_metrics(px, py, qx, qy, cfg.eval.knn_k)
 
     tags = {"dataset": cfg.data.dataset, **split_tags(data)}
-    return _ensure(
+    return ensure(
         "raw_pixels", tags, data, _cache_key(data, knn_k=cfg.eval.knn_k), compute, uri, experiment
     )
 
@@ -169,7 +171,7 @@ def random_init(cfg: Config, data: dict[str, Any], uri: str, experiment: str) ->
         **split_tags(data),
     }
     key = _cache_key(data, knn_k=cfg.eval.knn_k, arch=arch_key(cfg), seed=cfg.train.seed)
-    return _ensure("random_init", tags, data, key, compute, uri, experiment)
+    return ensure("random_init", tags, data, key, compute, uri, experiment)
 
 
 def supervised(

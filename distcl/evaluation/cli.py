@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distcl.config import schema as config
+from distcl.config.names import TEXT_DATASETS
 from distcl.config.schema import Config, ConfigError
 from distcl.data.prepare import prepare_data
 from distcl.evaluation import baselines, record
@@ -122,6 +123,8 @@ def evaluate_run(
 ) -> dict[str, float]:
     """The requested evaluations of `encoder`, computed as the run's final evaluation computes
     them; logged to `logger` when given."""
+    if cfg.data.dataset in TEXT_DATASETS:
+        return _evaluate_text(cfg, encoder, what, uri=uri, logger=logger)
     out: dict[str, float] = {}
     subsets = []
     if what & {"knn", "linear", "semi", "baselines"}:
@@ -140,6 +143,28 @@ def evaluate_run(
         record.log_subsets(logger, subsets)
         if out:
             logger.log_metrics(out, step=cfg.train.epochs)
+    return out
+
+
+def _evaluate_text(cfg: Config, encoder: nn.Module, what: set[str], *, uri: str, logger):
+    """A text run's figures (distcl/evaluation/text_final.py): held-out retrieval with the
+    kNN and linear probes of the categories; `baselines` adds TF-IDF and random init."""
+    from distcl.evaluation import text_final
+
+    if what - {"knn", "linear", "baselines"}:
+        raise ConfigError(
+            f"--what {','.join(sorted(what))}: a text run takes knn, linear and baselines "
+            "(retrieval recall comes with them); semi and transfer are for images"
+        )
+    data = prepare_data(cfg)
+    sets = text_final.eval_sets(data)
+    out = text_final.encoder_metrics(cfg, encoder.eval(), sets)
+    if "baselines" in what:
+        experiment = tracking.experiment_name(cfg)
+        for b in text_final.text_baselines(cfg, data, sets, uri, experiment):
+            out.update({f"{b.name}_{k}": v for k, v in b.metrics.items() if k != "probe_l2"})
+    if logger is not None:
+        logger.log_metrics(out, step=cfg.train.epochs)
     return out
 
 

@@ -32,7 +32,12 @@ def load_encoder(cfg: Config, state: dict, meta: dict) -> torch.nn.Module:
 
 def final_evaluation(cfg: Config, state: dict, data: dict, logger=None) -> dict[str, Any]:
     """kNN, linear probe and semi-supervised accuracy of the trained encoder and its baselines,
-    logged to the run (metrics at step = epochs, plots, encoder model)."""
+    logged to the run (metrics at step = epochs, plots, encoder model). A text run is evaluated
+    by retrieval instead (distcl/evaluation/text_final.py)."""
+    if data["meta"].get("modality") == "text":
+        from distcl.evaluation.text_final import text_final_evaluation
+
+        return text_final_evaluation(cfg, state, data, logger)
     encoder = load_encoder(cfg, state, data["meta"])
     with stage("features of the train and test splits"):
         tr_x, tr_y, te_x, te_y = frozen_features(cfg, encoder, data, data["meta"]["channels"])
@@ -70,6 +75,10 @@ def print_table(name: str, results: dict[str, Any]) -> None:
         lin = r.get("linear_acc")
         delta = f"{100 * (lin - ref):+.2f} pts" if ref is not None and lin is not None else "-"
         print(f"{label:<28} {pct(r.get('knn_acc')):>8} {pct(lin):>11} {delta:>16}")
+    if "recall_at_1" in results:  # a text run: held-out gloss retrieval
+        for label, r in rows:
+            got = [f"@{k} {pct(r.get(f'recall_at_{k}'))}" for k in (1, 10)]
+            print(f"{label:<28} retrieval recall {' '.join(got)}")
     for key in ("semi_1pct_acc", "semi_10pct_acc"):
         if key in results:
             print(f"{name}: {key} {pct(results[key])}")

@@ -1,13 +1,17 @@
-"""Image encoders: a small CNN for CPU runs and torchvision ResNets for GPU presets.
+"""Encoders: a small CNN for CPU runs, torchvision ResNets for GPU presets, and (text.py) a
+byte-token Transformer for text datasets.
 
-Every encoder maps `B x C x H x W` images to `B x feat_dim` features (after global average
-pooling); `encoder.feat_dim` gives the size the projector and the probes build on.
+Every image encoder maps `B x C x H x W` images to `B x feat_dim` features (after global average
+pooling), the text encoder `B x L` token ids; `encoder.feat_dim` gives the size the projector
+and the probes build on.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from distcl.models.text import build_text_encoder
 
 
 def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
@@ -101,7 +105,11 @@ def build_encoder(
         return SmallCNN(in_channels, width, blocks, feat_dim)
     if arch in ("resnet18", "resnet50"):
         return TorchvisionResNet(arch, in_channels, cifar_stem)
-    raise ValueError(f"model.arch={arch!r} is not one of: small_cnn, resnet18, resnet50")
+    if arch == "text_transformer":  # width = model width, blocks = layers, a head per 32 dims
+        return build_text_encoder(width=width, layers=blocks, heads=max(1, width // 32))
+    raise ValueError(
+        f"model.arch={arch!r} is not one of: small_cnn, resnet18, resnet50, text_transformer"
+    )
 
 
 def encoder_from_config(model_cfg, in_channels: int) -> nn.Module:

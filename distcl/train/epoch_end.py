@@ -17,6 +17,7 @@ import ray.train
 import torch
 
 from distcl.evaluation.evaluate import knn_monitor
+from distcl.evaluation.text_final import text_monitor
 from distcl.runtime import checkpoint, dist
 from distcl.train import budget
 from distcl.train.worker import Worker
@@ -37,7 +38,13 @@ def end_epoch(
     cfg, device, knn_s = w.cfg, w.device, 0.0
     if device.type == "cuda":
         metrics["gpu_peak_mem_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-    if knn_due:
+    if knn_due and w.loop_cfg["meta"].get("modality") == "text":
+        t_knn = time.perf_counter()
+        metrics.update(text_monitor(w.model.encoder, w.loop_cfg["train_eval_path"],
+            w.loop_cfg["test_path"], k=cfg.eval.knn_k, device=device,
+            bank_size=cfg.eval.knn_train_images, use_bf16=w.use_bf16))  # fmt: skip
+        knn_s = time.perf_counter() - t_knn
+    elif knn_due:
         t_knn = time.perf_counter()
         metrics["knn_acc"] = knn_monitor(
             w.model.encoder,
@@ -96,6 +103,13 @@ def plan_budget(w: Worker, clock: budget.Clock, done: int, epochs: int) -> int:
         print(f"distcl: {line}", flush=True)
         if w.tracking.logger is not None and measured is None:
             w.tracking.logger.log_params_once({"budget_plan": line})
+        if new == done < cfg.train.epochs:  # the schedule was fitted to more: it is cut here
+            print(
+                f"distcl: warning: train.time_budget_s={limit:g} fits no epoch after epoch "
+                f"{done}: the run ends now, before the learning rate reaches its floor; raise "
+                "the budget or train on less data per epoch (data.max_images)",
+                flush=True,
+            )
     return new
 
 

@@ -19,7 +19,6 @@ import ray.train.torch
 import torch
 
 from distcl.config.schema import Config, from_flat
-from distcl.data.loader import split_batch, to_float
 from distcl.runtime import dist
 from distcl.runtime.precision import resolve_precision
 from distcl.train import budget, epoch_end, worker
@@ -47,7 +46,8 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     model, optimizer = worker.build_model(cfg, meta, device)
     start_epoch, step, epochs, spent = worker.resume(model, optimizer, rank, cfg.train.epochs)
     net = wrap_ddp(model, world, chunk)
-    loader = worker.build_loader(cfg, loop_cfg["train_path"], local_batch, start_epoch, rank, world)
+    path = loop_cfg["train_path"]
+    loader = worker.build_loader(cfg, meta, path, local_batch, start_epoch, rank, world)
     print(f"distcl: rank {rank} {worker.thread_layout()}", flush=True)
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * epochs  # refitted when a time budget plans the epochs
@@ -69,9 +69,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         t_data, t_steady, i_steady = time.perf_counter(), t_epoch, 0
         for i, batch in enumerate(loader):
             wait += time.perf_counter() - t_data
-            views, labels = split_batch(batch)
-            views = [to_float(v, meta["channels"], device) for v in views]
-            labels = labels.to(device, non_blocking=True)
+            views, labels = worker.batch_on_device(batch, meta, device, cfg.data.preset)
             lr = lr_at(
                 step,
                 peak_lr=peak_lr,

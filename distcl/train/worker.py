@@ -16,7 +16,7 @@ import ray.train
 import torch
 
 from distcl.config.schema import Config
-from distcl.data.loader import build_train_loader
+from distcl.data.loader import build_train_loader, split_batch, to_float
 from distcl.models.base import Method
 from distcl.models.methods import build_method
 from distcl.runtime import checkpoint, dist
@@ -105,18 +105,51 @@ def _resume_state(rank: int) -> dict[str, Any] | None:
     return state
 
 
-def build_loader(cfg: Config, path: str, local_batch: int, epoch: int, rank: int, world: int):
-    """This rank's training loader from `epoch` on: FFCV, or the torchvision fallback."""
+def build_loader(
+    cfg: Config, meta: dict, path: str, local_batch: int, epoch: int, rank: int, world: int
+):
+    """This rank's training loader from `epoch` on: FFCV, or the torchvision fallback; for text
+    the pairs' FFCV loader (distcl/data/text_loader.py)."""
+    workers = cfg.data.loader_workers or max(1, int(cfg.train.cpus_per_worker))
+    if meta.get("modality") == "text":
+        from distcl.data.text_loader import text_loader
+
+        return text_loader(
+            path,
+            local_batch,
+            rank=rank,
+            world=world,
+            seed=cfg.train.seed,
+            epoch=epoch,
+            num_workers=workers,
+            max_records=cfg.data.max_images,
+        )
     return build_train_loader(
         cfg.data,
         path,
         batch_size=local_batch,
         seed=cfg.train.seed,
-        num_workers=cfg.data.loader_workers or max(1, int(cfg.train.cpus_per_worker)),
+        num_workers=workers,
         epoch=epoch,
         rank=rank,
         world=world,
     )
+
+
+def batch_on_device(
+    batch, meta: dict, device: torch.device, text_views: str = "pairs"
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(views, labels) of a loader batch on `device`: images as floats in [-1, 1]; a text pair's
+    two token-id tensors as they are (`text_views=dropout`: its first text twice, SimCSE), with
+    the synset as the label (SupCon's positives)."""
+    if meta.get("modality") == "text":
+        a, b, synset, _category = batch
+        a = a.to(device, non_blocking=True)
+        b = a if text_views == "dropout" else b.to(device, non_blocking=True)
+        return [a, b], synset.to(device, non_blocking=True)
+    views, labels = split_batch(batch)
+    views = [to_float(v, meta["channels"], device) for v in views]
+    return views, labels.to(device, non_blocking=True)
 
 
 def thread_layout() -> str:
