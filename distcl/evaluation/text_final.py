@@ -18,7 +18,6 @@ features) and `random_init` (the same encoder, seeded like training, untrained).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -156,10 +155,6 @@ def text_monitor(
     }
 
 
-def _split_tags(data: dict[str, Any]) -> dict[str, str]:
-    return {"split": Path(data["train_eval_path"]).stem, "test_split": Path(data["test_path"]).stem}
-
-
 def _key(cfg: Config, data: dict[str, Any], **extra: Any) -> dict[str, Any]:
     key: dict[str, Any] = {"protocol": PROTOCOL, "knn_k": cfg.eval.knn_k, **extra}
     for role in ("train_eval_path", "test_path"):
@@ -170,7 +165,7 @@ def _key(cfg: Config, data: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 def text_baselines(cfg: Config, data: dict, sets: dict, uri: str, experiment: str) -> list:
     """TF-IDF and the random-init encoder, reused from MLflow or the disk cache when there."""
-    split = _split_tags(data)
+    split = baselines.split_tags(data)
     tfidf = baselines.ensure(
         "tfidf", {"dataset": cfg.data.dataset, "arch": f"tfidf-{TFIDF_KIND}", **split}, data,
         _key(cfg, data, tfidf=TFIDF_KIND),
@@ -205,7 +200,7 @@ def text_final_evaluation(cfg: Config, state: dict, data: dict, logger=None) -> 
         out["baselines"] = {b.name: b.metrics for b in found}
         out["baseline_kinds"] = {b.name: b.kind for b in found}
     if logger is not None:
-        logger.set_tags({"arch": baselines.arch_key(cfg), **_split_tags(data)})
+        logger.set_tags({"arch": baselines.arch_key(cfg), **baselines.split_tags(data)})
         record.log_results(cfg, out, logger)
         with stage("plots and the encoder model to MLflow"):
             tracking.log_figure(logger, record.curves_figure(logger), "plots/curves.png")

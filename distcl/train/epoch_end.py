@@ -38,24 +38,9 @@ def end_epoch(
     cfg, device, knn_s = w.cfg, w.device, 0.0
     if device.type == "cuda":
         metrics["gpu_peak_mem_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-    if knn_due and w.loop_cfg["meta"].get("modality") == "text":
+    if knn_due:
         t_knn = time.perf_counter()
-        metrics.update(text_monitor(w.model.encoder, w.loop_cfg["train_eval_path"],
-            w.loop_cfg["test_path"], k=cfg.eval.knn_k, device=device,
-            bank_size=cfg.eval.knn_train_images, use_bf16=w.use_bf16))  # fmt: skip
-        knn_s = time.perf_counter() - t_knn
-    elif knn_due:
-        t_knn = time.perf_counter()
-        metrics["knn_acc"] = knn_monitor(
-            w.model.encoder,
-            w.loop_cfg["train_eval_path"],
-            w.loop_cfg["test_path"],
-            k=cfg.eval.knn_k,
-            channels=w.loop_cfg["meta"]["channels"],
-            device=device,
-            bank_size=cfg.eval.knn_train_images,
-            use_bf16=w.use_bf16,
-        )
+        metrics.update(_monitor(w))
         knn_s = time.perf_counter() - t_knn
     clock.mark(knn_s)
     if cfg.train.time_budget_s > 0:
@@ -76,6 +61,17 @@ def end_epoch(
         )
     report(w, epoch, step, metrics, epochs, metrics["train_elapsed_s"])
     return epochs
+
+
+def _monitor(w: Worker) -> dict[str, float]:
+    """The per-epoch monitor: kNN accuracy of the images, or the text monitor's figures."""
+    cfg, paths = w.cfg, (w.loop_cfg["train_eval_path"], w.loop_cfg["test_path"])
+    kw = {"k": cfg.eval.knn_k, "device": w.device, "use_bf16": w.use_bf16}
+    kw["bank_size"] = cfg.eval.knn_train_images
+    if w.loop_cfg["meta"].get("modality") == "text":
+        return text_monitor(w.model.encoder, *paths, **kw)
+    channels = w.loop_cfg["meta"]["channels"]
+    return {"knn_acc": knn_monitor(w.model.encoder, *paths, channels=channels, **kw)}
 
 
 def plan_budget(w: Worker, clock: budget.Clock, done: int, epochs: int) -> int:
