@@ -34,11 +34,11 @@ def final_evaluation(cfg: Config, state: dict, data: dict, logger=None) -> dict[
     """kNN, linear probe and semi-supervised accuracy of the trained encoder and its baselines,
     logged to the run (metrics at step = epochs, plots, encoder model). A text run is evaluated
     by retrieval instead (distcl/evaluation/text_final.py)."""
+    encoder = load_encoder(cfg, state, data["meta"])
     if data["meta"].get("modality") == "text":
         from distcl.evaluation.text_final import text_final_evaluation
 
-        return text_final_evaluation(cfg, state, data, logger)
-    encoder = load_encoder(cfg, state, data["meta"])
+        return text_final_evaluation(cfg, encoder, data, logger)
     with stage("features of the train and test splits"):
         tr_x, tr_y, te_x, te_y = frozen_features(cfg, encoder, data, data["meta"]["channels"])
     with stage("kNN" + (" and linear probe" if cfg.eval.probe else "")):

@@ -37,7 +37,6 @@ from distcl.evaluation.text_eval import (
     tfidf_embeddings,
 )
 from distcl.models.encoders import encoder_from_config
-from distcl.runtime import checkpoint
 from distcl.tracking import core as tracking
 from distcl.tracking import review as tracking_review
 
@@ -183,12 +182,12 @@ def text_baselines(cfg: Config, data: dict, sets: dict, uri: str, experiment: st
     return [tfidf, rand]
 
 
-def text_final_evaluation(cfg: Config, state: dict, data: dict, logger=None) -> dict[str, Any]:
+def text_final_evaluation(
+    cfg: Config, encoder: torch.nn.Module, data: dict, logger=None
+) -> dict[str, Any]:
     """Retrieval and probe figures of the trained text encoder and its baselines, logged to the
     run (metrics at step = epochs, tags that find the baselines, plots, the encoder model, the
     description and the registry version)."""
-    encoder = encoder_from_config(cfg.model, 0)
-    encoder.load_state_dict(checkpoint.encoder_state(state["model"]))
     with stage("held-out synsets: token ids from the .betons"):
         sets = eval_sets(data)
     with stage("retrieval and category probe of the trained encoder"):

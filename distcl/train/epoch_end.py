@@ -66,8 +66,12 @@ def end_epoch(
 def _monitor(w: Worker) -> dict[str, float]:
     """The per-epoch monitor: kNN accuracy of the images, or the text monitor's figures."""
     cfg, paths = w.cfg, (w.loop_cfg["train_eval_path"], w.loop_cfg["test_path"])
-    kw = {"k": cfg.eval.knn_k, "device": w.device, "use_bf16": w.use_bf16}
-    kw["bank_size"] = cfg.eval.knn_train_images
+    kw = {
+        "k": cfg.eval.knn_k,
+        "device": w.device,
+        "bank_size": cfg.eval.knn_train_images,
+        "use_bf16": w.use_bf16,
+    }
     if w.loop_cfg["meta"].get("modality") == "text":
         return text_monitor(w.model.encoder, *paths, **kw)
     channels = w.loop_cfg["meta"]["channels"]
