@@ -72,6 +72,7 @@ def bench_config(
             f"train.num_workers={workers}",
             f"train.global_batch={batch}",
             f"train.epochs={epochs}",
+            "train.time_budget_s=0",  # every epoch runs: the preset's budget is for make train
             f"train.keep_checkpoints={epochs}",
             f"train.storage_path={storage}",
             "eval.knn_every=0",

@@ -25,23 +25,12 @@ class PlainLoop:
     def __init__(self, cfg: Config, data: dict[str, Any], batch: int, threads: int):
         from distcl.data.loader import train_loader
         from distcl.data.recipes import config_view_spec
-        from distcl.models.methods import build_method
-        from distcl.runtime.precision import bf16_supported, to_channels_last
-        from distcl.train.optim import build_optimizer, param_groups
+        from distcl.runtime.precision import bf16_supported
+        from distcl.train.worker import build_model
 
         self.threads, self.sync, self.channels = threads, False, data["meta"]["channels"]
         torch.manual_seed(cfg.train.seed)
-        model = build_method(cfg, self.channels, data["meta"]["num_classes"])
-        self.model = to_channels_last(model, cfg.train.channels_last)
-        o = cfg.optim
-        self.optimizer = build_optimizer(
-            o.name,
-            param_groups(self.model, o.weight_decay),
-            lr=o.lr,
-            momentum=o.momentum,
-            weight_decay=o.weight_decay,
-            trust_coefficient=o.trust_coefficient,
-        )
+        self.model, self.optimizer = build_model(cfg, data["meta"], torch.device("cpu"))
         self.bf16 = cfg.train.precision != "fp32" and bf16_supported("cpu")
         d = cfg.data
         spec = config_view_spec(d)

@@ -17,6 +17,7 @@ TINY_RUN = [
     "data.resolution=32",  # the tiny CIFAR-10 files' size
     "data.loader_workers=1",
     "train.epochs=2",
+    "train.time_budget_s=0",  # the default preset's budget is for make train
     "train.global_batch=64",
     "eval.knn_every=0",  # kNN at the last epoch only
     "eval.semi=false",

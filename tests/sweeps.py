@@ -17,6 +17,7 @@ TINY = [
     "eval.baselines=false",
     "data.max_images=256",
     "optim.warmup_epochs=0",
+    "train.time_budget_s=0",  # the default preset's budget is for make train
     "eval.semi=false",  # as in the shipped spaces: trials skip fine-tuning, t-SNE and the model
     "eval.tsne_points=0",
     "tracking.log_model=false",

@@ -33,7 +33,13 @@ SPLITS = {
 LOADERS = ("ffcv", "torchvision")
 STORAGE = ("raw", "jpeg", "jpg", "smart", "proportion")  # data.storage: FFCV RGBImageField modes
 
-ARCHS = ("small_cnn", "resnet18", "resnet50", "text_transformer")  # model.arch (models/encoders.py)
+ARCHS = (
+    "small_cnn",
+    "small_cnn_s2",
+    "resnet18",
+    "resnet50",
+    "text_transformer",
+)  # model.arch (models/encoders.py)
 TEXT_ARCHS = ("text_transformer",)  # encoders of token ids (distcl/models/text.py)
 
 # method.name; the registry is distcl/models/methods.py METHODS

@@ -52,7 +52,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "small_cnn"  # small_cnn (CPU) | resnet18 | resnet50 (GPU presets)
+    arch: str = "small_cnn"  # small_cnn, small_cnn_s2 (CPU) | resnet18 | resnet50 (GPU presets)
     width: int = 32  # small_cnn: channels of the first conv, doubled per stage
     blocks: int = 1  # small_cnn: residual blocks at the 2w stage
     feat_dim: int = 0  # small_cnn: channels of the last conv = feature size (0 = 8 x width)
@@ -125,8 +125,8 @@ class TrainConfig:
     sync_bn: bool = False  # SyncBatchNorm across workers (SimCLR's global BN)
     skip_nonfinite: int = 0  # tolerate up to K non-finite loss steps before failing
     log_every: int = 50  # print and log rank 0's step loss every N steps (0 = epoch ends only)
-    # seconds for the epochs (0 = off): after epoch 1 the run plans the most epochs, up to
-    # train.epochs, that end inside it, and fits the LR schedule to them (distcl/train/budget.py)
+    # seconds of training (0 = off): after epoch 1 the run plans the most steps, up to
+    # train.epochs of them, that end inside it, and fits the LR schedule to them (train/budget.py)
     time_budget_s: float = 0.0
 
 

@@ -53,8 +53,8 @@ def arch_key(cfg: Config) -> str:
     m = cfg.model
     if m.arch == "text_transformer":
         return f"text_transformer-w{m.width}-l{m.blocks}"
-    if m.arch == "small_cnn":
-        return f"small_cnn-w{m.width}-b{m.blocks}-f{m.feat_dim or 8 * m.width}"
+    if m.arch in ("small_cnn", "small_cnn_s2"):
+        return f"{m.arch}-w{m.width}-b{m.blocks}-f{m.feat_dim or 8 * m.width}"
     return f"{m.arch}-{'cifar' if m.cifar_stem else 'imagenet'}-stem"
 
 

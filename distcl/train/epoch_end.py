@@ -4,7 +4,7 @@
 elapsed time), logs them to MLflow once, prints the `distcl: epoch ...` line and reports them
 to Ray Train with rank 0's checkpoint (`report`: the model, the optimizer, the counters, the
 RNG state, the plan and the training seconds spent). `plan_budget` plans and revises
-`train.time_budget_s`'s epochs (budget.py).
+`train.time_budget_s`'s steps (budget.py).
 """
 
 from __future__ import annotations
@@ -27,14 +27,15 @@ def end_epoch(
     w: Worker,
     metrics: dict[str, float],
     epoch: int,
-    epochs: int,
+    plan: int,
     step: int,
     knn_due: bool,
     clock: budget.Clock,
 ) -> int:
     """Add the peak GPU memory, the kNN accuracy (when due) and the training time to the
-    epoch's `metrics`; let the time budget revise the plan; log the metrics to MLflow once,
-    print them, and report them with the checkpoint. Returns the epochs planned from here."""
+    epoch's `metrics`; let the time budget revise the `plan` (the run's steps in all); log the
+    metrics to MLflow once, print them, and report them with the checkpoint. Returns the plan
+    from here."""
     cfg, device, knn_s = w.cfg, w.device, 0.0
     if device.type == "cuda":
         metrics["gpu_peak_mem_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -43,9 +44,12 @@ def end_epoch(
         metrics.update(_monitor(w))
         knn_s = time.perf_counter() - t_knn
     clock.mark(knn_s)
+    spe = clock.steps_per_epoch
     if cfg.train.time_budget_s > 0:
-        epochs = plan_budget(w, clock, epoch + 1, epochs)
-        metrics["budget_epochs"] = epochs
+        plan = plan_budget(w, clock, epoch + 1, plan)
+        metrics["budget_steps"] = plan
+        metrics["budget_epochs"] = round(plan / spe, 3)  # the last epoch may be partial
+    epochs = budget.epochs_of(plan, spe)
     metrics["train_elapsed_s"] = clock.spent()
     # Log before the checkpoint is reported, and never twice: a restart may re-run an epoch
     # whose checkpoint was not registered, but its MLflow step is already there.
@@ -59,8 +63,8 @@ def end_epoch(
             + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"),
             flush=True,
         )
-    report(w, epoch, step, metrics, epochs, metrics["train_elapsed_s"])
-    return epochs
+    report(w, epoch, step, metrics, plan, metrics["train_elapsed_s"])
+    return plan
 
 
 def _monitor(w: Worker) -> dict[str, float]:
@@ -78,34 +82,35 @@ def _monitor(w: Worker) -> dict[str, float]:
     return {"knn_acc": knn_monitor(w.model.encoder, *paths, channels=channels, **kw)}
 
 
-def plan_budget(w: Worker, clock: budget.Clock, done: int, epochs: int) -> int:
-    """`train.time_budget_s`'s epochs after `done` epochs: the first plan after epoch 1 of a
-    fresh run, a revision after every later measured epoch, and the stored plan kept through
-    the first epoch after a restart. Rank 0 decides for every rank; it prints each plan and
-    logs the first as the `budget_plan` param (every epoch's plan is its `budget_epochs` metric)."""
+def plan_budget(w: Worker, clock: budget.Clock, done: int, plan: int) -> int:
+    """`train.time_budget_s`'s plan, in steps, after `done` epochs: the first plan after epoch 1
+    of a fresh run, a revision after every later measured epoch, and the stored plan kept
+    through the first epoch after a restart. Rank 0 decides for every rank; it prints each plan
+    and logs the first as the `budget_plan` param (every epoch's plan is its `budget_steps` and
+    `budget_epochs` metrics)."""
     cfg, rank = w.cfg, dist.get_rank()
-    every, limit, steps = cfg.eval.knn_every, cfg.train.time_budget_s, clock.steps_per_epoch
+    every, limit, spe = cfg.eval.knn_every, cfg.train.time_budget_s, clock.steps_per_epoch
     measured = clock.epoch_s()
     if measured is None and done > 1:  # the first epoch after a restart: keep the stored plan
-        return epochs
+        return plan
     epoch_s = clock.first_estimate() if measured is None else measured
-    costs = budget.EpochCosts(clock.spent(), done, epoch_s, steps, clock.knn_s)
+    costs = budget.EpochCosts(clock.spent(), done, epoch_s, spe, clock.knn_s, clock.steps_s / spe)
     if measured is None:
-        new = budget.plan_epochs(limit, costs, max_epochs=cfg.train.epochs, knn_every=every)
+        new = budget.plan_steps(limit, costs, max_epochs=cfg.train.epochs, knn_every=every)
     else:
-        new = budget.revise(epochs, limit, costs, max_epochs=cfg.train.epochs, knn_every=every)
+        new = budget.revise(plan, limit, costs, max_epochs=cfg.train.epochs, knn_every=every)
     new = dist.broadcast_object(new)  # rank 0's plan: every rank runs the same schedule
     if rank == 0 and (measured is None or abs(new - clock.announced) >= 0.05 * clock.announced):
-        clock.announced = new  # a revision by under 5% shows only in `budget_epochs`
+        clock.announced = new  # a revision by under 5% shows only in the metrics
         line = budget.describe(limit, new, costs, every, cfg.train.global_batch)
         if measured is not None:
-            line = f"{line}; revised from {epochs}"
+            line = f"{line}; revised from {plan} steps"
         print(f"distcl: {line}", flush=True)
         if w.tracking.logger is not None and measured is None:
             w.tracking.logger.log_params_once({"budget_plan": line})
-        if new == done < cfg.train.epochs:  # the schedule was fitted to more: it is cut here
+        if new == done * spe < cfg.train.epochs * spe:  # fitted to more: cut here
             print(
-                f"distcl: warning: train.time_budget_s={limit:g} fits no epoch after epoch "
+                f"distcl: warning: train.time_budget_s={limit:g} fits no step after epoch "
                 f"{done}: the run ends now, before the learning rate reaches its floor; raise "
                 "the budget or train on less data per epoch (data.max_images)",
                 flush=True,
@@ -114,7 +119,7 @@ def plan_budget(w: Worker, clock: budget.Clock, done: int, epochs: int) -> int:
 
 
 def report(
-    w: Worker, epoch: int, step: int, metrics: dict[str, float], epochs: int, spent_s: float
+    w: Worker, epoch: int, step: int, metrics: dict[str, float], plan: int, spent_s: float
 ) -> None:
     """Every rank reports (it is a barrier); rank 0 attaches the checkpoint."""
     if w.rank != 0:
@@ -128,7 +133,7 @@ def report(
         "step": step,
         "rng": checkpoint.rng_state(),
         "seed": cfg.train.seed,
-        "budget_epochs": epochs if cfg.train.time_budget_s > 0 else 0,
+        "budget_steps": plan if cfg.train.time_budget_s > 0 else 0,
         "budget_spent_s": spent_s,
         "mlflow_run_id": w.loop_cfg.get("mlflow_run_id") or "",
         "config": cfg.to_flat(),

@@ -44,13 +44,16 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     chunk = cfg.train.chunk_size if 0 < cfg.train.chunk_size < local_batch else 0
 
     model, optimizer = worker.build_model(cfg, meta, device)
-    start_epoch, step, epochs, spent = worker.resume(model, optimizer, rank, cfg.train.epochs)
+    start_epoch, step, planned, spent = worker.resume(model, optimizer, rank)
     net = wrap_ddp(model, world, chunk)
     path = loop_cfg["train_path"]
     loader = worker.build_loader(cfg, meta, path, local_batch, start_epoch, rank, world)
     print(f"distcl: rank {rank} {worker.thread_layout()}", flush=True)
     steps_per_epoch = len(loader)
-    total_steps = steps_per_epoch * epochs  # refitted when a time budget plans the epochs
+    # The run's steps: train.epochs of them, or a time budget's plan (revised after each epoch;
+    # its last epoch may stop early), and the LR schedule ends on the last one.
+    total_steps = planned or steps_per_epoch * cfg.train.epochs
+    epochs = budget.epochs_of(total_steps, steps_per_epoch)
     peak_lr = scaled_lr(cfg.optim.lr, cfg.train.global_batch, cfg.optim.lr_scaling)
     warmup = min(total_steps, int(cfg.optim.warmup_epochs * steps_per_epoch))
     precision_used = resolve_precision(cfg.train.precision, device)
@@ -67,6 +70,9 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         t_epoch, wait, n_steps = time.perf_counter(), 0.0, 0
         t_data, t_steady, i_steady = time.perf_counter(), t_epoch, 0
+        steps = min(
+            steps_per_epoch, total_steps - epoch * steps_per_epoch
+        )  # the plan's last: fewer
         for i, batch in enumerate(loader):
             wait += time.perf_counter() - t_data
             views, labels = worker.batch_on_device(batch, meta, device, cfg.data.preset)
@@ -77,7 +83,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
                 total_steps=total_steps,
                 final_lr=cfg.optim.final_lr,
             )
-            if i == min(3, steps_per_epoch // 4):  # past the compile: steady steps from here
+            if i == min(3, steps // 4):  # past the compile: steady steps from here
                 t_steady, i_steady = time.perf_counter(), i
             loss, applied = _step(w, views, labels, lr, epoch, step, total_steps)
             if applied:
@@ -90,25 +96,25 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
             if rank == 0 and log_every and step % log_every == 0:
                 in_epoch = f"epoch {epoch + 1}/{epochs} step {step - epoch * steps_per_epoch}"
                 _log_step(w, f"{in_epoch}/{steps_per_epoch}", step, loss, lr)
+            if i + 1 == steps:  # a partial last epoch leaves the loader here
+                break
             t_data = time.perf_counter()
         t_steps_end = time.perf_counter()
         elapsed = t_steps_end - t_epoch
-        clock.steps_done(
-            (t_steps_end - t_steady) / max(1, steps_per_epoch - i_steady), steps_per_epoch
-        )
+        clock.steps_done((t_steps_end - t_steady) / max(1, steps - i_steady), steps_per_epoch)
         dist.broadcast_buffers(model)  # rank 0's BatchNorm statistics for kNN and checkpoint
         metrics = {
             "loss": dist.all_reduce_mean_scalar(float(loss_sum) / max(1, n_steps)),
             "lr": lr,
-            "images_per_s": world * local_batch * steps_per_epoch / elapsed,
+            "images_per_s": world * local_batch * steps / elapsed,
             "data_wait_frac": wait / elapsed,
             "epoch_time_s": elapsed,
             "epoch": epoch + 1,
         }
         every, first_plan = cfg.eval.knn_every, cfg.train.time_budget_s > 0 and epoch == 0
         knn_due = (every and ((epoch + 1) % every == 0 or first_plan)) or epoch + 1 == epochs
-        epochs = epoch_end.end_epoch(w, metrics, epoch, epochs, step, knn_due, clock)
-        total_steps = steps_per_epoch * epochs  # the LR schedule ends on the plan's last step
+        total_steps = epoch_end.end_epoch(w, metrics, epoch, total_steps, step, knn_due, clock)
+        epochs = budget.epochs_of(total_steps, steps_per_epoch)  # the LR ends on the last step
         epoch += 1
 
 

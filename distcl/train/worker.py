@@ -70,22 +70,22 @@ def build_model(
 
 
 def resume(
-    model: Method, optimizer: torch.optim.Optimizer, rank: int, epochs: int
+    model: Method, optimizer: torch.optim.Optimizer, rank: int
 ) -> tuple[int, int, int, float]:
-    """(start epoch, global step, epochs, training seconds spent): (0, 0, `epochs`, 0) for a
-    fresh run, else the state of Ray's checkpoint loaded into `model`, `optimizer` and the
-    RNGs."""
+    """(start epoch, global step, planned steps, training seconds spent): (0, 0, 0, 0) for a
+    fresh run, else the state of Ray's checkpoint loaded into `model`, `optimizer` and the RNGs.
+    The planned steps are a time budget's plan (0 = none: `train.epochs` of steps)."""
     state = _resume_state(rank)
     if state is None:
-        return 0, 0, epochs, 0.0
+        return 0, 0, 0, 0.0
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     start_epoch, step = state["epoch"], state["step"]
-    epochs = state.get("budget_epochs") or epochs  # a budget's plan survives restarts
+    planned = int(state.get("budget_steps", 0))  # a budget's plan survives restarts
     checkpoint.set_rng_state(state["rng"])
     if rank == 0:
         print(f"distcl: resumed at epoch {start_epoch}, step {step}", flush=True)
-    return start_epoch, step, epochs, float(state.get("budget_spent_s", 0.0))
+    return start_epoch, step, planned, float(state.get("budget_spent_s", 0.0))
 
 
 def _resume_state(rank: int) -> dict[str, Any] | None:
