@@ -135,6 +135,11 @@ def test_a_60_s_budget_ends_near_it_with_the_schedule_finished(
     state = checkpoint.load(summary["checkpoint"])
     assert state["budget_steps"] == planned and state["epoch"] == epochs  # kept for a resume
     assert state["step"] == planned  # the last epoch stopped on the plan's last step
+    # what was trained, not train.epochs, is what the run's figures and description say
+    assert state["epochs_trained"] == pytest.approx(fractions[-1][1], abs=1e-3)
+    assert summary["epochs_trained"] == state["epochs_trained"]
+    note = tracking.get_run(mlflow_server, run.info.run_id).data.tags["mlflow.note.content"]
+    assert f"{state['epochs_trained']:g} epochs" in note and "500 epochs" not in note
     assert state["budget_spent_s"] == pytest.approx(elapsed[-1][1])
 
     again = fit(cfg, resume=True)  # train.epochs is still 500: only the stored plan stops it

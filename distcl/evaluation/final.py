@@ -33,16 +33,19 @@ def load_encoder(cfg: Config, state: dict, meta: dict) -> torch.nn.Module:
 def final_evaluation(cfg: Config, state: dict, data: dict, logger=None) -> dict[str, Any]:
     """kNN, linear probe and semi-supervised accuracy of the trained encoder and its baselines,
     logged to the run (metrics at step = epochs, plots, encoder model). A text run is evaluated
-    by retrieval instead (distcl/evaluation/text_final.py)."""
+    by retrieval instead (distcl/evaluation/text_final.py). `epochs_trained` comes from the
+    checkpoint: a time budget may have trained fewer epochs than `train.epochs`."""
     encoder = load_encoder(cfg, state, data["meta"])
+    trained = float(state.get("epochs_trained", state.get("epoch", cfg.train.epochs)))
     if data["meta"].get("modality") == "text":
         from distcl.evaluation.text_final import text_final_evaluation
 
-        return text_final_evaluation(cfg, encoder, data, logger)
+        return text_final_evaluation(cfg, encoder, data, logger, trained)
     with stage("features of the train and test splits"):
         tr_x, tr_y, te_x, te_y = frozen_features(cfg, encoder, data, data["meta"]["channels"])
     with stage("kNN" + (" and linear probe" if cfg.eval.probe else "")):
         out: dict[str, Any] = frozen_metrics(tr_x, tr_y, te_x, te_y, cfg.eval.knn_k, cfg.eval.probe)
+    out["epochs_trained"] = trained
     subsets = []
     if cfg.eval.semi:
         with stage("semi-supervised fine-tuning on 1% and 10% of the labels"):

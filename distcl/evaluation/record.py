@@ -6,6 +6,7 @@ review (description, registry version)."""
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -56,12 +57,13 @@ def log_subsets(logger, subsets: list[tuple[str, SemiResult, np.ndarray]]) -> No
 
 
 def log_results(cfg: Config, out: dict[str, Any], logger) -> None:
-    """Final metrics at step = epochs; the computed baselines' figures as `<baseline>_<metric>`."""
+    """Final metrics at the step of the last epoch trained (`train.epochs` unless a time budget
+    planned fewer); the computed baselines' figures as `<baseline>_<metric>`."""
     final = {k: v for k, v in out.items() if isinstance(v, float)}
     for name, metrics in out.get("baselines", {}).items():
         if out["baseline_kinds"][name] != "reference":
             final.update({f"{name}_{k}": v for k, v in metrics.items() if k != "probe_l2"})
-    logger.log_metrics(final, step=cfg.train.epochs)
+    logger.log_metrics(final, step=math.ceil(out.get("epochs_trained", cfg.train.epochs)))
 
 
 def log_artifacts(

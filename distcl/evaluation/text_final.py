@@ -183,15 +183,16 @@ def text_baselines(cfg: Config, data: dict, sets: dict, uri: str, experiment: st
 
 
 def text_final_evaluation(
-    cfg: Config, encoder: torch.nn.Module, data: dict, logger=None
+    cfg: Config, encoder: torch.nn.Module, data: dict, logger=None, trained: float = 0.0
 ) -> dict[str, Any]:
     """Retrieval and probe figures of the trained text encoder and its baselines, logged to the
-    run (metrics at step = epochs, tags that find the baselines, plots, the encoder model, the
-    description and the registry version)."""
+    run (metrics at the last epoch's step, tags that find the baselines, plots, the encoder
+    model, the description and the registry version); `trained`: the epochs trained."""
     with stage("held-out synsets: token ids from the .betons"):
         sets = eval_sets(data)
     with stage("retrieval and category probe of the trained encoder"):
         keys_x, out = encoder_features_and_metrics(cfg, encoder.eval(), sets)
+    out["epochs_trained"] = trained or float(cfg.train.epochs)
     if cfg.eval.baselines:
         uri = logger.uri if logger is not None else ""
         with stage("baselines: TF-IDF and the random-init encoder (once, then reused)"):

@@ -132,7 +132,8 @@ def result_line(name: str, cfg: Any, results: dict[str, Any]) -> str:
     what = [cfg.method.name]
     if cfg.method.name in ("simclr", "supcon"):
         what.append(cfg.loss.name)
-    what += [f"batch {cfg.train.global_batch}", f"{cfg.train.epochs} epochs"]
+    epochs = results.get("epochs_trained", cfg.train.epochs)  # a time budget may plan fewer
+    what += [f"batch {cfg.train.global_batch}", f"{epochs:g} epochs"]
     scores = [f"{label} {_pct(results[k])}" for k, label in _METRICS if k in results]
     line = f"{name} ({', '.join(what)}): {', '.join(scores) or 'no accuracy measured'}"
     deltas = []

@@ -63,7 +63,7 @@ def end_epoch(
             + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"),
             flush=True,
         )
-    report(w, epoch, step, metrics, plan, metrics["train_elapsed_s"])
+    report(w, epoch, step, metrics, plan, step / spe)
     return plan
 
 
@@ -119,9 +119,10 @@ def plan_budget(w: Worker, clock: budget.Clock, done: int, plan: int) -> int:
 
 
 def report(
-    w: Worker, epoch: int, step: int, metrics: dict[str, float], plan: int, spent_s: float
+    w: Worker, epoch: int, step: int, metrics: dict[str, float], plan: int, trained: float
 ) -> None:
-    """Every rank reports (it is a barrier); rank 0 attaches the checkpoint."""
+    """Every rank reports (it is a barrier); rank 0 attaches the checkpoint. `trained`: the
+    epochs trained so far (fractional after a budget's partial last epoch)."""
     if w.rank != 0:
         ray.train.report(metrics)
         return
@@ -134,7 +135,8 @@ def report(
         "rng": checkpoint.rng_state(),
         "seed": cfg.train.seed,
         "budget_steps": plan if cfg.train.time_budget_s > 0 else 0,
-        "budget_spent_s": spent_s,
+        "budget_spent_s": metrics["train_elapsed_s"],
+        "epochs_trained": round(trained, 4),
         "mlflow_run_id": w.loop_cfg.get("mlflow_run_id") or "",
         "config": cfg.to_flat(),
         "meta": w.loop_cfg["meta"],
