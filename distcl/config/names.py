@@ -33,13 +33,8 @@ SPLITS = {
 LOADERS = ("ffcv", "torchvision")
 STORAGE = ("raw", "jpeg", "jpg", "smart", "proportion")  # data.storage: FFCV RGBImageField modes
 
-ARCHS = (
-    "small_cnn",
-    "small_cnn_s2",
-    "resnet18",
-    "resnet50",
-    "text_transformer",
-)  # model.arch (models/encoders.py)
+SMALL_CNN_ARCHS = ("small_cnn", "small_cnn_s2")  # models/encoders.py SmallCNN (s2: stride-2 conv)
+ARCHS = (*SMALL_CNN_ARCHS, "resnet18", "resnet50", "text_transformer")  # model.arch
 TEXT_ARCHS = ("text_transformer",)  # encoders of token ids (distcl/models/text.py)
 
 # method.name; the registry is distcl/models/methods.py METHODS

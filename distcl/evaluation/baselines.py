@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import yaml
 
+from distcl.config import names
 from distcl.config.schema import Config
 from distcl.data.beton import read_meta
 from distcl.evaluation import evaluate
@@ -53,7 +54,7 @@ def arch_key(cfg: Config) -> str:
     m = cfg.model
     if m.arch == "text_transformer":
         return f"text_transformer-w{m.width}-l{m.blocks}"
-    if m.arch in ("small_cnn", "small_cnn_s2"):
+    if m.arch in names.SMALL_CNN_ARCHS:
         return f"{m.arch}-w{m.width}-b{m.blocks}-f{m.feat_dim or 8 * m.width}"
     return f"{m.arch}-{'cifar' if m.cifar_stem else 'imagenet'}-stem"
 

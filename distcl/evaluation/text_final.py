@@ -183,7 +183,7 @@ def text_baselines(cfg: Config, data: dict, sets: dict, uri: str, experiment: st
 
 
 def text_final_evaluation(
-    cfg: Config, encoder: torch.nn.Module, data: dict, logger=None, trained: float = 0.0
+    cfg: Config, encoder: torch.nn.Module, data: dict, logger, trained: float
 ) -> dict[str, Any]:
     """Retrieval and probe figures of the trained text encoder and its baselines, logged to the
     run (metrics at the last epoch's step, tags that find the baselines, plots, the encoder
@@ -192,7 +192,7 @@ def text_final_evaluation(
         sets = eval_sets(data)
     with stage("retrieval and category probe of the trained encoder"):
         keys_x, out = encoder_features_and_metrics(cfg, encoder.eval(), sets)
-    out["epochs_trained"] = trained or float(cfg.train.epochs)
+    out["epochs_trained"] = trained
     if cfg.eval.baselines:
         uri = logger.uri if logger is not None else ""
         with stage("baselines: TF-IDF and the random-init encoder (once, then reused)"):

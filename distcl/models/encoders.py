@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from distcl.config import names
 from distcl.models.text import build_text_encoder
 
 
@@ -113,16 +114,13 @@ def build_encoder(
     blocks: int = 1,
     feat_dim: int = 0,
 ):
-    if arch in ("small_cnn", "small_cnn_s2"):
+    if arch in names.SMALL_CNN_ARCHS:
         return SmallCNN(in_channels, width, blocks, feat_dim, stride2=arch == "small_cnn_s2")
     if arch in ("resnet18", "resnet50"):
         return TorchvisionResNet(arch, in_channels, cifar_stem)
     if arch == "text_transformer":  # width = model width, blocks = layers, a head per 32 dims
         return build_text_encoder(width=width, layers=blocks, heads=max(1, width // 32))
-    raise ValueError(
-        f"model.arch={arch!r} is not one of: small_cnn, small_cnn_s2, resnet18, resnet50, "
-        "text_transformer"
-    )
+    raise ValueError(f"model.arch={arch!r} is not one of: {', '.join(names.ARCHS)}")
 
 
 def encoder_from_config(model_cfg, in_channels: int) -> nn.Module:

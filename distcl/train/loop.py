@@ -70,9 +70,8 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         t_epoch, wait, n_steps = time.perf_counter(), 0.0, 0
         t_data, t_steady, i_steady = time.perf_counter(), t_epoch, 0
-        steps = min(
-            steps_per_epoch, total_steps - epoch * steps_per_epoch
-        )  # the plan's last: fewer
+        # this epoch's steps: all of them, or fewer in a time budget's partial last epoch
+        steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
         for i, batch in enumerate(loader):
             wait += time.perf_counter() - t_data
             views, labels = worker.batch_on_device(batch, meta, device, cfg.data.preset)
